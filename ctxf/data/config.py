@@ -1,0 +1,14 @@
+"""Schema of the `data` config section (the training loader)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    shards: str = field(default="", metadata={"help": "shard source: paths, brace pattern or pipe: command"})
+    batch_size: int = field(default=1, metadata={"help": "samples per micro-batch per data-parallel rank"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    shuffle_buffer: int = field(default=64, metadata={"help": "samples held for shuffling (0: no shuffle)"})
+    seed: int = field(default=0, metadata={"help": "shuffle seed; with the epoch it fixes the order"})

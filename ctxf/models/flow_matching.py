@@ -1,0 +1,48 @@
+"""Flow-matching noise/velocity math and the shifted, warped few-step schedule (METHOD.md section 3).
+
+Time convention: sigma in [0, 1], timestep = num_train_timesteps * sigma.
+    x_t = (1 - sigma) x0 + sigma * noise,      velocity target = noise - x0.
+The shift s' = k s / (1 + (k - 1) s) is the one diffusers' `FlowMatchEulerDiscreteScheduler`
+applies (tests check against it); warping maps the few-step timesteps [1000, 750, 500, 250]
+through it to about [1000, 937.5, 833.3, 625].
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ctxf.config import DiffusionConfig
+
+
+def shift_sigma(sigma: torch.Tensor | float, shift: float) -> torch.Tensor | float:
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x_t for `sigma` of shape [B] or [B, F] (broadcast over the rest of `[B, C, F, H, W]`)."""
+    return (1 - _expand(sigma, x0)) * x0 + _expand(sigma, x0) * noise
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return noise - x0
+
+
+def predict_x0(x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return x_t - _expand(sigma, x_t) * velocity
+
+
+def _expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 1, 1, 1, 1]; per-frame [B, F] -> [B, 1, F, 1, 1] (latents are [B, C, F, H, W])."""
+    sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if sigma.ndim == 1:
+        return sigma.view(-1, *([1] * (like.ndim - 1)))
+    return sigma[:, None, :, None, None]
+
+
+def sampling_timesteps(cfg: DiffusionConfig) -> list[float]:
+    """The few-step timesteps, warped through the shift when `warp_denoising_steps`."""
+    steps = [float(s) for s in cfg.denoising_steps]
+    if not cfg.warp_denoising_steps:
+        return steps
+    total = cfg.num_train_timesteps
+    return [total * shift_sigma(s / total, cfg.shift) for s in steps]

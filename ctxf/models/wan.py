@@ -1,0 +1,252 @@
+"""A Wan2.1-style diffusion transformer with bidirectional and block-causal (KV-cached) attention.
+
+Parameter names match diffusers' `WanTransformer3DModel`, so its `save_pretrained` checkpoints
+load as they are (`ctxf.models.weights` maps Wan's original names). diffusers' condition
+embedder and feed-forward are used as they are; the attention, block and model forward are our
+own because diffusers' Wan cannot take a KV cache, a block-causal mask or RoPE positions chosen
+by a memory, and the student needs all three.
+
+The forward is split in three stages (`embed`, `run_blocks`, `unembed`) so that context
+parallelism can shard the token sequence between them from outside (`ctxf.parallel`) without a
+single distributed line in here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+from diffusers.models.attention import FeedForward
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedding
+
+from ctxf.config import ModelConfig
+from ctxf.memory.view import MemoryView
+from ctxf.models.attention import AttentionFn, BlockMask, get_attention_backend
+from ctxf.models.rope import RotaryEmbedding3D, apply_rope
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class TokenBatch:
+    """Everything the blocks need, per token where it varies along the sequence."""
+
+    hidden: torch.Tensor  # [B, S, dim]
+    frame_index: torch.Tensor  # [S] input frame of each token (selects its modulation)
+    rope_cos: torch.Tensor  # [S, head_dim / 2]
+    rope_sin: torch.Tensor  # [S, head_dim / 2]
+    query_blocks: torch.Tensor | None  # [S] causal block of each token; None: bidirectional
+    modulation: torch.Tensor  # [B, F, 6, dim] timestep projection per frame, float32
+    head_modulation: torch.Tensor  # [B, F, dim] timestep embedding per frame, float32
+    text: torch.Tensor  # [B, L, dim] projected text
+    grid: tuple[int, int, int]  # (frames, grid_height, grid_width) of the input
+
+    def select_tokens(self, index: torch.Tensor) -> "TokenBatch":
+        """The same batch restricted to the tokens `index` (a shard, for context parallelism)."""
+        return replace(self, hidden=self.hidden[:, index], frame_index=self.frame_index[index],
+                       rope_cos=self.rope_cos[index], rope_sin=self.rope_sin[index],
+                       query_blocks=None if self.query_blocks is None else self.query_blocks[index])
+
+
+def _per_token(per_frame: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
+    """[B, F, dim] -> [B, S, dim] by each token's frame."""
+    return per_frame.index_select(1, frame_index)
+
+
+class WanSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.norm_q = nn.RMSNorm(dim, eps=eps)  # across heads, as Wan
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self.norm_q(self.to_q(x)), self.norm_k(self.to_k(x)), self.to_v(x)
+        # [B, S, dim] -> [B, S, H, head_dim]
+        return (q.unflatten(-1, (self.num_heads, -1)), k.unflatten(-1, (self.num_heads, -1)),
+                v.unflatten(-1, (self.num_heads, -1)))
+
+    def forward(self, x: torch.Tensor, tokens: TokenBatch, past: tuple[KV, torch.Tensor, torch.Tensor] | None,
+                attend: AttentionFn) -> tuple[torch.Tensor, KV]:
+        """Attend from the input tokens to [cached memory | input]; returns the output and the
+        input's un-rotated (k, v), which the memory may store."""
+        q, k, v = self.project(x)
+        q_rot = apply_rope(q, tokens.rope_cos, tokens.rope_sin)
+        k_rot = apply_rope(k, tokens.rope_cos, tokens.rope_sin)
+        k_all, v_all, mask = k_rot, v, None
+        if past is not None:
+            (k_past, v_past), past_cos, past_sin = past
+            k_all = torch.cat([apply_rope(k_past, past_cos, past_sin), k_rot], dim=1)
+            v_all = torch.cat([v_past, v], dim=1)
+        if tokens.query_blocks is not None:
+            num_past = k_all.shape[1] - k.shape[1]
+            memory_blocks = tokens.query_blocks.new_full((num_past,), -1)
+            mask = BlockMask(tokens.query_blocks, torch.cat([memory_blocks, tokens.query_blocks]))
+        out = attend(q_rot, k_all, v_all, mask)
+        # [B, S, H, head_dim] -> [B, S, dim]
+        return self.to_out[0](out.flatten(2)), (k, v)
+
+
+class WanCrossAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
+        # [B, S, dim] -> [B, S, H, head_dim]; text [B, L, dim] -> [B, L, H, head_dim]
+        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.num_heads, -1))
+        k = self.norm_k(self.to_k(text)).unflatten(-1, (self.num_heads, -1))
+        v = self.to_v(text).unflatten(-1, (self.num_heads, -1))
+        # [B, S, H, head_dim] -> [B, S, dim]
+        return self.to_out[0](attend(q, k, v, None).flatten(2))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.attn1 = WanSelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.attn2 = WanCrossAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm2 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.ffn = FeedForward(dim, inner_dim=cfg.ffn_dim, activation_fn="gelu-approximate")
+        self.norm3 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+
+    def forward(self, x: torch.Tensor, tokens: TokenBatch, past: tuple[KV, torch.Tensor, torch.Tensor] | None,
+                attend: AttentionFn) -> tuple[torch.Tensor, KV]:
+        # [1, 6, dim] + [B, F, 6, dim] -> six [B, F, dim] (shift, scale, gate) x (attention, ffn)
+        mod = (self.scale_shift_table + tokens.modulation).unbind(2)
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (_per_token(m, tokens.frame_index) for m in mod)
+        dtype = x.dtype
+
+        normed = (self.norm1(x.float()) * (1 + scale_a) + shift_a).to(dtype)
+        attn_out, kv = self.attn1(normed, tokens, past, attend)
+        x = (x.float() + attn_out * gate_a).to(dtype)
+
+        x = x + self.attn2(self.norm2(x.float()).to(dtype), tokens.text, attend)
+
+        normed = (self.norm3(x.float()) * (1 + scale_f) + shift_f).to(dtype)
+        x = (x.float() + self.ffn(normed).float() * gate_f).to(dtype)
+        return x, kv
+
+
+class WanDiT(nn.Module):
+    """Wan DiT predicting the flow velocity (noise - x0) of latents `[B, C, F, H, W]`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        dim, patch = cfg.dim, tuple(cfg.patch_size)
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=patch, stride=patch)
+        self.condition_embedder = WanTimeTextImageEmbedding(
+            dim=dim, time_freq_dim=cfg.freq_dim, time_proj_dim=dim * 6, text_embed_dim=cfg.text_dim)
+        self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
+        self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(dim, cfg.out_channels * math.prod(patch))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+        self.rope = RotaryEmbedding3D(cfg.head_dim, cfg.rope_theta)
+        self.attention_fn: AttentionFn = get_attention_backend(cfg.attention_backend)
+        self.gradient_checkpointing = False
+
+    def set_attention(self, attention_fn: AttentionFn) -> None:
+        """Replace the local attention of every block (e.g. by a context-parallel wrapper)."""
+        self.attention_fn = attention_fn
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
+                frame_positions: torch.Tensor | None = None, memory: MemoryView | None = None,
+                num_frames_per_block: int | None = None,
+                return_kv: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
+        """Predict the velocity for `latents [B, C, F, H, W]` at `timestep` (`[B]` or per frame `[B, F]`)
+        given `text [B, L, text_dim]`.
+
+        - `num_frames_per_block`: block-causal attention over chunks of that many frames
+          (None: bidirectional, the teacher and the critic).
+        - `memory`: attend to these cached frames too; the input's RoPE time positions then
+          come from the memory unless `frame_positions` is given.
+        - `return_kv`: also return each layer's un-rotated (k, v) of the input, for the memory.
+        """
+        if frame_positions is None and memory is not None:
+            frame_positions = memory.query_frame_positions
+        tokens = self.embed(latents, timestep, text, frame_positions, num_frames_per_block)
+        hidden, kv = self.run_blocks(tokens, memory)
+        out = self.unembed(hidden, tokens)
+        return (out, kv) if return_kv else out
+
+    def embed(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+              frame_positions: torch.Tensor | None = None, num_frames_per_block: int | None = None) -> TokenBatch:
+        batch, _, frames, height, width = latents.shape
+        _, patch_h, patch_w = self.cfg.patch_size
+        grid_h, grid_w = height // patch_h, width // patch_w
+        if height % patch_h or width % patch_w:
+            raise ValueError(f"latent size {height}x{width} is not divisible by patch {self.cfg.patch_size}")
+        device = latents.device
+        if frame_positions is None:
+            frame_positions = torch.arange(frames, device=device)
+        if frame_positions.shape != (frames,):
+            raise ValueError(f"frame_positions has shape {tuple(frame_positions.shape)}, expected ({frames},)")
+
+        # [B, C, F, H, W] -> [B, dim, F, gh, gw] -> [B, F*gh*gw, dim]
+        hidden = self.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()
+        per_frame_t = timestep[:, None].expand(batch, frames) if timestep.ndim == 1 else timestep
+        if per_frame_t.shape != (batch, frames):
+            raise ValueError(f"timestep has shape {tuple(timestep.shape)}; give [B] or [B, F] = [{batch}, {frames}]")
+        temb, time_proj, text_proj, _ = self.condition_embedder(
+            per_frame_t.flatten(), text, timestep_seq_len=frames)
+        # time_proj [B, F, 6*dim] -> [B, F, 6, dim]
+        modulation = time_proj.float().unflatten(2, (6, -1))
+
+        tokens_per_frame = grid_h * grid_w
+        frame_index = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
+        cos, sin = self.rope.angles(frame_positions.to(device), grid_h, grid_w)
+        query_blocks = None
+        if num_frames_per_block is not None and frames > num_frames_per_block:
+            query_blocks = frame_index // num_frames_per_block
+        return TokenBatch(hidden=hidden, frame_index=frame_index, rope_cos=cos, rope_sin=sin,
+                          query_blocks=query_blocks, modulation=modulation, head_modulation=temb.float(),
+                          text=text_proj, grid=(frames, grid_h, grid_w))
+
+    def run_blocks(self, tokens: TokenBatch, memory: MemoryView | None = None) -> tuple[torch.Tensor, list[KV]]:
+        past_cos = past_sin = None
+        if memory is not None and memory.num_cached_frames:
+            _, grid_h, grid_w = tokens.grid
+            past_cos, past_sin = self.rope.angles(memory.key_frame_positions.to(tokens.hidden.device),
+                                                  grid_h, grid_w)
+        hidden, kv_out = tokens.hidden, []
+        for layer, block in enumerate(self.blocks):
+            past = None
+            if past_cos is not None:
+                past = ((memory.keys[layer], memory.values[layer]), past_cos, past_sin)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                hidden, kv = torch.utils.checkpoint.checkpoint(
+                    block, hidden, tokens, past, self.attention_fn, use_reentrant=False)
+            else:
+                hidden, kv = block(hidden, tokens, past, self.attention_fn)
+            kv_out.append(kv)
+        return hidden, kv_out
+
+    def unembed(self, hidden: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
+        frames, grid_h, grid_w = tokens.grid
+        # [1, 2, dim] + [B, F, 1, dim] -> shift, scale [B, F, dim] -> per token [B, S, dim]
+        shift, scale = (self.scale_shift_table + tokens.head_modulation[:, :, None]).unbind(2)
+        shift, scale = _per_token(shift, tokens.frame_index), _per_token(scale, tokens.frame_index)
+        out = self.proj_out((self.norm_out(hidden.float()) * (1 + scale) + shift).to(hidden.dtype))
+        batch = out.shape[0]
+        _, patch_h, patch_w = self.cfg.patch_size
+        # [B, F*gh*gw, ph*pw*C] -> [B, F, gh, gw, ph, pw, C] -> [B, C, F, gh, ph, gw, pw] -> [B, C, F, H, W]
+        out = out.reshape(batch, frames, grid_h, grid_w, patch_h, patch_w, -1)
+        out = out.permute(0, 6, 1, 2, 4, 3, 5)
+        return out.reshape(batch, -1, frames, grid_h * patch_h, grid_w * patch_w)
