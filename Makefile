@@ -1,0 +1,36 @@
+# The front door. `make run` and `make test` each set up the environment first (idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ctxf-installed
+
+.PHONY: setup run test test-unit test-distributed bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned (constraints.txt) so that no later package pulls another build;
+# DS_BUILD_OPS=0 keeps DeepSpeed from compiling its C++/CUDA ops at install time.
+$(STAMP): setup.py setup.cfg constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/ctxf-generate
+
+test: setup
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-distributed: setup
+	$(PY) -m pytest -q tests/distributed
+
+bench: setup
+	$(PY) benchmarks/bench_streaming.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

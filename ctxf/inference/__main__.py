@@ -1,0 +1,5 @@
+import sys
+
+from ctxf.inference.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""Streaming generation: a chunk at a time, few-step denoising against the memory.
+
+For every chunk of `num_frames_per_block` latent frames:
+1. `memory.view()` gives the cached keys/values and the RoPE positions of cached and new frames;
+2. the chunk is denoised from noise through the few-step schedule (x0 prediction, then re-noised
+   with fresh noise to the next timestep, as Self-Forcing samples);
+3. one more pass at the context-noise timestep (0: clean) computes the chunk's keys/values,
+   which `memory.append()` stores and the memory's policy may later evict.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from ctxf.config import DiffusionConfig
+from ctxf.memory.cache import KVMemory
+from ctxf.models.flow_matching import add_noise, predict_x0, sampling_timesteps
+from ctxf.models.wan import WanDiT
+
+
+@dataclass
+class ChunkStats:
+    index: int
+    first_frame: int
+    num_frames: int
+    seconds: float
+    cache_bytes: int
+    num_cached_frames: int
+    max_rope_position: int
+
+
+@dataclass
+class StreamingGenerator:
+    model: WanDiT
+    memory: KVMemory
+    diffusion: DiffusionConfig
+    num_frames_per_block: int
+    stats: list[ChunkStats] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.timesteps = sampling_timesteps(self.diffusion)
+        self.total = float(self.diffusion.num_train_timesteps)
+
+    def reset(self) -> None:
+        self.memory.reset()
+        self.stats = []
+
+    @torch.no_grad()
+    def prefill(self, latents: torch.Tensor, text: torch.Tensor) -> None:
+        """Write clean latents `[B, C, F, H, W]` (a clip to continue) into memory, chunk by chunk."""
+        for start in range(0, latents.shape[2], self.num_frames_per_block):
+            chunk = latents[:, :, start:start + self.num_frames_per_block]
+            self._refresh(chunk, text, self.memory.view(chunk.shape[2]))
+
+    @torch.no_grad()
+    def generate_chunk(self, text: torch.Tensor, latent_shape: tuple[int, int, int],
+                       generator: torch.Generator) -> torch.Tensor:
+        """Denoise the next chunk; returns its clean latents `[B, C, num_frames_per_block, H, W]`."""
+        started = time.perf_counter()
+        batch = text.shape[0]
+        channels, height, width = latent_shape
+        frames = self.num_frames_per_block
+        param = next(self.model.parameters())
+        view = self.memory.view(frames)
+
+        def noise() -> torch.Tensor:
+            sample = torch.randn(batch, channels, frames, height, width, generator=generator)
+            return sample.to(device=param.device, dtype=param.dtype)
+
+        x = noise()
+        for step, timestep in enumerate(self.timesteps):
+            t = torch.full((batch,), timestep, device=param.device)
+            x0 = predict_x0(x, self.model(x, t, text, memory=view), t / self.total)
+            if step + 1 < len(self.timesteps):
+                x = add_noise(x0, noise(), torch.full((batch,), self.timesteps[step + 1] / self.total,
+                                                      device=param.device))
+        first_frame = self.memory.num_frames_seen
+        self._refresh(x0, text, view)
+        positions = torch.cat([view.key_frame_positions, view.query_frame_positions])
+        self.stats.append(ChunkStats(index=len(self.stats), first_frame=first_frame, num_frames=frames,
+                                     seconds=time.perf_counter() - started,
+                                     cache_bytes=self.memory.cache_bytes(),
+                                     num_cached_frames=view.num_cached_frames,
+                                     max_rope_position=int(positions.max())))
+        return x0
+
+    def stream(self, num_frames: int, text: torch.Tensor, latent_shape: tuple[int, int, int],
+               seed: int = 0) -> Iterator[torch.Tensor]:
+        """Yield chunks until `num_frames` latent frames exist (the last chunk may be trimmed)."""
+        generator = torch.Generator().manual_seed(seed)
+        produced = 0
+        while produced < num_frames:
+            chunk = self.generate_chunk(text, latent_shape, generator)
+            keep = min(chunk.shape[2], num_frames - produced)
+            produced += keep
+            yield chunk[:, :, :keep]
+
+    def _refresh(self, clean: torch.Tensor, text: torch.Tensor, view) -> None:
+        batch, frames = clean.shape[0], clean.shape[2]
+        context_t = torch.full((batch,), float(self.diffusion.context_noise), device=clean.device)
+        context = clean
+        if self.diffusion.context_noise > 0:
+            context = add_noise(clean, torch.randn_like(clean), context_t / self.total)
+        _, kv = self.model(context, context_t, text, memory=view, return_kv=True)
+        self.memory.append(kv, frames)
