@@ -97,7 +97,7 @@ class SinkAndWindow(MemoryPolicy):
             else:
                 frame.segment = "window"
                 window.append(frame)
-        return sink + window[len(window) - self.window:] if self.window else sink
+        return sink + (window[-self.window:] if self.window else [])
 
 
 class SlowFastMemory(MemoryPolicy):
