@@ -7,8 +7,13 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DataConfig:
-    shards: str = field(default="", metadata={"help": "shard source: paths, brace pattern or pipe: command"})
+    shards: str = field(default="", metadata={"help": "shard source: paths, brace pattern, pipe: command or "
+                                                      "manifest.json; '::' joins several"})
     batch_size: int = field(default=1, metadata={"help": "samples per micro-batch per data-parallel rank"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     shuffle_buffer: int = field(default=64, metadata={"help": "samples held for shuffling (0: no shuffle)"})
     seed: int = field(default=0, metadata={"help": "shuffle seed; with the epoch it fixes the order"})
+    num_frames: int = field(default=0, metadata={"help": "latent frames per sample: a random window of this "
+                                                         "length (0: whole clips, of one length per batch)"})
+    drop_last: bool = field(default=False, metadata={"help": "drop each reader's last partial batch of an epoch"})
+    load_latents: bool = field(default=True, metadata={"help": "read latents (false: text embeddings only)"})

@@ -1,0 +1,71 @@
+"""Shard sources -> an explicit list of shard URLs, checked before any reading starts.
+
+A source is a string or a list of strings. A string may join several sources with `::`
+(webdataset's separator). Each source is one of:
+- a local tar path, or a brace pattern such as `out/shard-{000000..000099}.tar`;
+- a `pipe:` command whose standard output is a tar stream, e.g. `pipe:cat out/shard-000000.tar`
+  (one per shard: the command is not expanded or checked, webdataset runs it with a shell);
+- a manifest written by `data_pipeline` (`.../manifest.json`): its shards, relative to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from webdataset.shardlists import expand_urls
+
+MANIFEST_SUFFIX = ".json"
+
+
+class ShardSourceError(ValueError):
+    """The shard list is empty, malformed or names files that do not exist."""
+
+
+def _manifest_shards(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ShardSourceError(f"manifest {path} does not exist; run a data_pipeline CLI to write it, or list the "
+                               f"shards themselves")
+    try:
+        manifest = json.loads(path.read_text())
+        names = [entry["name"] for entry in manifest["shards"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ShardSourceError(f"{path} is not a shard manifest (expected {{'shards': [{{'name': ...}}, ...]}}): "
+                               f"{err}") from err
+    return [str(path.parent / name) for name in names]
+
+
+def _expand_one(source: str) -> list[str]:
+    if source.startswith("pipe:"):
+        return [source]
+    if source.endswith(MANIFEST_SUFFIX):
+        return _manifest_shards(Path(source))
+    return list(expand_urls(source))
+
+
+def expand_shards(sources: str | list[str]) -> list[str]:
+    """Every shard URL named by `sources`, in order. Local files must exist."""
+    items = [sources] if isinstance(sources, str) else list(sources)
+    parts = [part.strip() for item in items for part in item.split("::")] if items else []
+    parts = [part for part in parts if part]
+    if not parts:
+        raise ShardSourceError("the shard list is empty: set data.shards to shard paths, a brace pattern such as "
+                               "out/shard-{000000..000009}.tar, a pipe: command, or a manifest.json written by "
+                               "data_pipeline")
+    urls = [url for part in parts for url in _expand_one(part)]
+    if not urls:
+        raise ShardSourceError(f"the shard sources {parts} name no shards (an empty manifest?)")
+    local = [url for url in urls if not url.startswith(("pipe:", "http:", "https:"))]
+    directories = [url for url in local if Path(url.removeprefix("file:")).is_dir()]
+    if directories:
+        raise ShardSourceError(f"{directories[0]} is a directory; name its manifest.json or a pattern such as "
+                               f"{directories[0]}/shard-{{000000..000009}}.tar")
+    missing = [url for url in local if not Path(url.removeprefix("file:")).is_file()]
+    if missing:
+        raise ShardSourceError(f"{len(missing)} of {len(urls)} shards do not exist, first: {missing[0]}; "
+                               f"check data.shards (brace ranges are inclusive) or regenerate the shards")
+    duplicates = sorted(url for url, count in Counter(urls).items() if count > 1)
+    if duplicates:
+        raise ShardSourceError(f"shard {duplicates[0]} is listed more than once; an epoch would read it twice")
+    return urls
