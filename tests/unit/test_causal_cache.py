@@ -69,3 +69,25 @@ def test_block_mask_rule_against_hand_written_mask():
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / 8 ** 0.5
     probs = scores.masked_fill(~expected, float("-inf")).softmax(-1)
     assert (out - torch.einsum("bhqk,bkhd->bqhd", probs, v)).abs().max() <= 1e-6
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*")
+def test_flex_backend_equals_sdpa_on_the_block_causal_model():
+    cfg, sdpa_model = tiny()
+    flex_cfg, flex_model = tiny(["model.attention_backend=flex"])
+    flex_model.load_state_dict(sdpa_model.state_dict())
+    latents = torch.randn(1, cfg.model.in_channels, 6, 8, 8)
+    text = torch.randn(1, cfg.text.max_length, cfg.model.text_dim)
+    t = torch.rand(1, 6) * 1000
+    with torch.no_grad():
+        for block in (None, 3):
+            expected = sdpa_model(latents, t, text, num_frames_per_block=block)
+            assert (flex_model(latents, t, text, num_frames_per_block=block) - expected).abs().max() <= 1e-5
+
+
+def test_flash_backend_refuses_cleanly_without_cuda(monkeypatch):
+    from ctxf.models.attention import get_attention_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        get_attention_backend("flash")
