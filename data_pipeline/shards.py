@@ -50,7 +50,7 @@ def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
 class AtomicShardWriter:
     """Writes sample dicts (`data_pipeline`'s `encode_sample` output) to `<out>/shard-NNNNNN.tar`."""
 
-    def __init__(self, out_dir: Path, *, max_bytes: float, max_samples: int):
+    def __init__(self, out_dir: Path, *, max_bytes: float, max_samples: int, start_shard: int = 0):
         if max_bytes <= 0 or max_samples < 1:
             raise ValueError(f"shard caps must be positive, got max_bytes={max_bytes}, max_samples={max_samples}")
         self.out_dir = Path(out_dir)
@@ -59,7 +59,7 @@ class AtomicShardWriter:
         self._counts: dict[str, int] = {}
         self._writer = wds.ShardWriter(str(self.out_dir / f"{SHARD_PREFIX}-%06d.tar"), maxcount=max_samples,
                                        maxsize=max_bytes, post=self._finish_shard, opener=self._open_partial,
-                                       verbose=0, mtime=0.0, encoder=False)
+                                       start_shard=start_shard, verbose=0, mtime=0, encoder=False)
 
     @property
     def num_samples(self) -> int:
