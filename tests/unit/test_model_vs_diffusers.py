@@ -16,7 +16,8 @@ from ctxf.models.weights import build_model_from_pretrained, load_model_weights,
 
 TOLERANCE = 1e-5
 
-# Two tiny geometries differing in heads, head_dim, layers, channels, patch, frames and H != W.
+# Tiny geometries differing in heads, head_dim, layers, channels, patch, frames and H != W, plus
+# the variant without the cross-attention norm.
 CASES = {
     "2x16_2layers": dict(
         diffusers=dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, in_channels=4, out_channels=4,
@@ -26,6 +27,10 @@ CASES = {
         diffusers=dict(num_attention_heads=3, attention_head_dim=12, num_layers=3, in_channels=6, out_channels=5,
                        text_dim=20, freq_dim=16, ffn_dim=40, patch_size=(1, 2, 1)),
         latent_frames=5, latent_height=6, latent_width=3),
+    "no_cross_attn_norm": dict(
+        diffusers=dict(num_attention_heads=2, attention_head_dim=8, num_layers=1, in_channels=4, out_channels=4,
+                       text_dim=16, freq_dim=16, ffn_dim=24, patch_size=(1, 2, 2), cross_attn_norm=False),
+        latent_frames=2, latent_height=2, latent_width=4),
 }
 
 

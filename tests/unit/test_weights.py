@@ -6,6 +6,7 @@ of the original `WanModel` key names (read from Wan's model code, independent of
 diffusers' forward for what the weights compute.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -148,6 +149,22 @@ def test_wan_original_round_trip(tmp_path, layout):
     rebuilt = build_model_from_pretrained(path, base=ModelConfig(head_dim=16))
     assert rebuilt.cfg == model.cfg
     _assert_same_tensors(rebuilt.state_dict(), model.state_dict())
+
+
+def test_geometry_is_read_off_weights_without_config(tmp_path):
+    model = _our_model(num_layers=2, out_channels=3, patch_size=[1, 2, 1], cross_attn_norm=False, ffn_dim=40)
+    save_wan_original(model, tmp_path / "wan.pth")
+    rebuilt = build_model_from_pretrained(tmp_path / "wan.pth", base=ModelConfig(head_dim=8))
+    assert rebuilt.cfg == dataclasses.replace(model.cfg, num_heads=4, head_dim=8)
+    _assert_same_tensors(rebuilt.state_dict(), model.state_dict())
+
+
+def test_bfloat16_checkpoint_loads_into_float32_model(tmp_path):
+    model = _our_model(num_layers=1).to(torch.bfloat16)
+    save_wan_original(model, tmp_path / "wan.safetensors")
+    loaded = WanDiT(model.cfg)
+    load_model_weights(loaded, tmp_path / "wan.safetensors")
+    _assert_same_tensors(loaded.state_dict(), {k: v.float() for k, v in model.state_dict().items()})
 
 
 def test_wan_directory_config_is_checked(tmp_path):
