@@ -94,8 +94,12 @@ class AtomicShardWriter:
 
     def abort(self) -> None:
         """Drop the shard being written (finished shards stay: each is complete)."""
-        if self._file is not None and not self._file.closed:
-            self._file.close()
+        self._writer.post = None  # closing the tar stream must not publish the unfinished shard
+        try:
+            self._writer.finish()
+        finally:
+            if self._file is not None and not self._file.closed:
+                self._file.close()
         for name in self._counts:
             Path(name + PARTIAL_SUFFIX).unlink(missing_ok=True)
         self._counts.clear()
