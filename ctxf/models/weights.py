@@ -108,12 +108,13 @@ def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
 
 def _convert(state_dict: StateDict, rules: list[tuple[re.Pattern, str]]) -> StateDict:
     out: StateDict = {}
+    source: dict[str, str] = {}
     for key, tensor in state_dict.items():
         new_key = _rename(key, rules) or key
         if new_key in out:
-            raise CheckpointError(f"two checkpoint keys map to {new_key!r} (one is {key!r}): the checkpoint "
-                                  f"mixes Wan original and diffusers names")
-        out[new_key] = tensor
+            raise CheckpointError(f"checkpoint keys {source[new_key]!r} and {key!r} would both be named {new_key!r}; "
+                                  f"remove the one that does not belong")
+        out[new_key], source[new_key] = tensor, key
     return out
 
 
@@ -434,20 +435,22 @@ def _weights_fields(state_dict: StateDict) -> dict[str, Any]:
 
 def model_config_for_checkpoint(checkpoint: Checkpoint, base: ModelConfig | None = None) -> ModelConfig:
     """The ModelConfig a checkpoint needs: from its config.json where it has one, the rest read off
-    its tensors; the head count comes from config.json or else from `base.head_dim`."""
+    its tensors; the head split comes from config.json or else from `base.head_dim`."""
     base = base or ModelConfig()
     fields = _weights_fields(checkpoint.diffusers_state_dict())
     dim = fields.pop("dim", None)
     if checkpoint.config is not None:
         fields.update(config_fields(checkpoint.config))
-    if "num_heads" not in fields:
-        if dim is None or dim % base.head_dim:
-            raise CheckpointError(f"{checkpoint.source} has no {CONFIG_NAME} and its width {dim} does not split into "
-                                  f"heads of model.head_dim={base.head_dim}: set model.head_dim (Wan2.1: 128)")
-        fields.update(num_heads=dim // base.head_dim, head_dim=base.head_dim)
-    elif dim is not None and fields["num_heads"] * fields["head_dim"] != dim:
-        raise CheckpointError(f"{checkpoint.source}: config.json says {fields['num_heads']} heads x "
-                              f"{fields['head_dim']} but the weights are {dim} wide")
+    if "head_dim" not in fields:
+        if dim is None:
+            raise CheckpointError(f"{checkpoint.source} has no patch_embedding.weight to read the model width from")
+        fields["head_dim"] = dim // fields["num_heads"] if "num_heads" in fields else base.head_dim
+    fields.setdefault("num_heads", (dim or 0) // fields["head_dim"])
+    if dim is not None and fields["num_heads"] * fields["head_dim"] != dim:
+        where = CONFIG_NAME if checkpoint.config is not None else f"model.head_dim={base.head_dim}"
+        raise CheckpointError(f"{checkpoint.source}: the weights are {dim} wide, which {fields['num_heads']} heads x "
+                              f"{fields['head_dim']} (from {where}) does not make; set model.head_dim so that it "
+                              f"divides {dim} (Wan2.1: 128)")
     return dataclasses.replace(base, **fields)
 
 
