@@ -16,10 +16,11 @@ def test_presets_load_and_derive_geometry():
 
 
 def test_dotted_overrides_are_typed():
-    cfg = load_config("tiny", ["model.num_layers=4", "memory.surprise_threshold=0.9",
+    cfg = load_config("tiny", ["model.num_layers=4", "memory.surprise_threshold=0.9", "train.student_lr=2e-6",
                                "diffusion.denoising_steps=[1000, 500]", "inference.prompt=a cat"])
     assert cfg.model.num_layers == 4
     assert cfg.memory.surprise_threshold == pytest.approx(0.9)
+    assert cfg.train.student_lr == pytest.approx(2e-6)
     assert cfg.diffusion.denoising_steps == [1000, 500]
     assert cfg.inference.prompt == "a cat"
 
@@ -28,6 +29,7 @@ def test_dotted_overrides_are_typed():
     ("model.num_layer=4", ["model.num_layer", "did you mean model.num_layers"]),
     ("modle.num_layers=4", ["modle", "did you mean model"]),
     ("model.num_layers=four", ["model.num_layers", "expects int", "four"]),
+    ("train.student_lr=fast", ["train.student_lr", "expects float", "fast"]),
     ("model.patch_size=3", ["model.patch_size", "expects a list"]),
     ("model=3", ["model is a section"]),
     ("num_layers", ["section.key=value"]),
