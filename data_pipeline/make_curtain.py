@@ -22,7 +22,7 @@ from ctxf.data.format import encode_sample
 from data_pipeline.cli_common import add_common_arguments, load_cli_config, print_summary, shard_settings
 from data_pipeline.clip_encoding import ClipEncoder
 from data_pipeline.curtain import LATENT_FRAME_SECONDS, CurtainSpec, make_clip
-from data_pipeline.shards import AtomicShardWriter, prepare_output_dir, write_manifest
+from data_pipeline.shards import MANIFEST_NAME, AtomicShardWriter, prepare_output_dir, write_manifest
 from data_pipeline.video_io import encode_mp4
 
 
@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     encoder = ClipEncoder(cfg)
     started = time.perf_counter()
     results = {}
+    for split, count in (("train", args.train_clips), ("heldout", args.heldout_clips)):
+        if not args.overwrite and (Path(args.out) / split / MANIFEST_NAME).exists():
+            parser.error(f"{Path(args.out) / split} already holds shards; pass --overwrite or choose another --out")
     for split, count in (("train", args.train_clips), ("heldout", args.heldout_clips)):
         results[split] = write_split(spec, args.seed, split, count, Path(args.out) / split, encoder,
                                      max_bytes=args.max_shard_mb * 1e6, max_samples=args.max_shard_samples,

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ctxf.data.format import encode_sample
 from data_pipeline.cli_common import add_common_arguments, load_cli_config, print_summary, shard_settings
 from data_pipeline.clip_encoding import ClipEncoder
-from data_pipeline.shards import AtomicShardWriter, prepare_output_dir, write_manifest
+from data_pipeline.shards import MANIFEST_NAME, AtomicShardWriter, prepare_output_dir, write_manifest
 from data_pipeline.video_io import decode_frames, encode_mp4, split_clips
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if not videos:
         parser.error(f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) found in {[str(i) for i in inputs]}")
 
+    if not args.overwrite and (Path(args.out) / MANIFEST_NAME).exists():
+        parser.error(f"{args.out} already holds shards; pass --overwrite or choose another --out")
     cfg = load_cli_config(args)
     encoder = ClipEncoder(cfg, device=args.device)
     height = args.height or cfg.video.latent_height * encoder.spatial_stride
