@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{spec.gap_range[0]}-{spec.gap_range[1]} frames")]
     for split, result in results.items():
         num_bytes = sum(s["num_bytes"] for s in result["shards"])
-        rows.append((split, f"{result['num_samples']} clips in {len(result['shards'])} shards, {num_bytes / 1e6:.1f} MB "
-                            f"-> {Path(args.out) / split / 'manifest.json'}"))
+        rows.append((split, f"{result['num_samples']} clips in {len(result['shards'])} shards, "
+                            f"{num_bytes / 1e6:.1f} MB -> {Path(args.out) / split / MANIFEST_NAME}"))
     rows.append(("time", f"{time.perf_counter() - started:.1f} s"))
     print_summary("curtain world written", rows)
     return 0

@@ -182,12 +182,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", type=Path, help="video files or directories")
     parser.add_argument("--list", type=Path, help="text file with one video path a line")
-    parser.add_argument("--captions", type=Path, help="JSONL of {\"video\": ..., \"caption\": ...} (default: sidecar .txt)")
+    parser.add_argument("--captions", type=Path,
+                        help="JSONL of {\"video\": ..., \"caption\": ...} (default: sidecar .txt files)")
     clips = parser.add_argument_group("clips")
     clips.add_argument("--fps", type=float, default=16.0, help="target frames per second (default 16)")
     clips.add_argument("--height", type=int, help="frame height (default: video.latent_height x codec stride)")
     clips.add_argument("--width", type=int, help="frame width (default: video.latent_width x codec stride)")
-    clips.add_argument("--clip-seconds", type=float, default=20.0, help="clip length; longer videos are split (default 20)")
+    clips.add_argument("--clip-seconds", type=float, default=20.0,
+                       help="clip length; longer videos are split (default 20)")
     clips.add_argument("--min-seconds", type=float, default=5.0, help="drop clips shorter than this (default 5)")
     clips.add_argument("--vae-path", help="encode with Wan's VAE from this local diffusers directory")
     clips.add_argument("--umt5-path", help="embed captions with umT5 from this local directory")

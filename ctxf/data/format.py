@@ -80,6 +80,10 @@ def check_key(key: str) -> str:
     return key
 
 
+def _stored(tensor: torch.Tensor, dtype_name: str) -> torch.Tensor:
+    return tensor.detach().cpu().to(storage_dtype(dtype_name)).contiguous()
+
+
 def encode_sample(key: str, latents: torch.Tensor, text: torch.Tensor, meta: dict, *,
                   latent_dtype: str = "float32", text_dtype: str = "bfloat16",
                   caption: str | None = None, preview_mp4: bytes | None = None) -> dict:
@@ -92,8 +96,8 @@ def encode_sample(key: str, latents: torch.Tensor, text: torch.Tensor, meta: dic
     meta = {"format": FORMAT_VERSION, "key": key, **meta, "num_frames": int(latents.shape[1])}
     sample = {
         "__key__": key,
-        LATENTS_EXT: save_safetensors({"latents": latents.detach().cpu().to(storage_dtype(latent_dtype)).contiguous()}),
-        TEXT_EXT: save_safetensors({"text": text.detach().cpu().to(storage_dtype(text_dtype)).contiguous()}),
+        LATENTS_EXT: save_safetensors({"latents": _stored(latents, latent_dtype)}),
+        TEXT_EXT: save_safetensors({"text": _stored(text, text_dtype)}),
         META_EXT: json.dumps(meta, sort_keys=True).encode("utf-8"),
     }
     if caption is not None:

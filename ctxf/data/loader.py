@@ -71,7 +71,8 @@ class ShardLoader:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
         for name, value, least in (("batch_size", batch_size, 1), ("max_length", max_length, 1),
-                                   ("num_workers", num_workers, 0), ("seed", seed, 0), ("num_frames", num_frames, 0)):
+                                   ("num_workers", num_workers, 0), ("shuffle_buffer", shuffle_buffer, 0),
+                                   ("seed", seed, 0), ("num_frames", num_frames, 0)):
             if value < least:
                 raise ValueError(f"data loader {name}={value} must be >= {least}")
         urls = expand_shards(shards)
@@ -127,7 +128,8 @@ class ShardLoader:
         return {"shards_sha256": self._fingerprint(), "num_shards": len(self.settings.urls),
                 "batch_size": self.settings.batch_size, "seed": self.settings.seed,
                 "shuffle_buffer": self.settings.shuffle_buffer, "num_frames": self.settings.num_frames,
-                "drop_last": self.settings.drop_last, "num_workers": self.num_workers, "rank": self.rank,
+                "drop_last": self.settings.drop_last, "load_latents": self.settings.load_latents,
+                "num_workers": self.num_workers, "rank": self.rank,
                 "world_size": self.world_size}
 
     def state_dict(self) -> dict:

@@ -11,6 +11,11 @@ This is webdataset's split_by_node + split_by_worker, written here because those
 from the environment / torch.distributed and the worker from torch globals, while this project
 passes ranks explicitly and tests the assignment by simulating every reader in one process.
 
+The stages are webdataset's own (`gopen` for paths and `pipe:` commands, `tar_file_iterator`,
+`group_by_keys`, `shuffle`) assembled here rather than through `webdataset.WebDataset`, whose
+splitters take the rank from the environment and whose handlers see exceptions without knowing
+which kind of damage to count.
+
 Errors never stop a reader: a shard that cannot be opened or whose tar is damaged ends that shard
 (the samples read before the damage are kept); a sample whose members do not decode is dropped.
 Both are logged and counted. Webdataset's `warn_and_continue` handler is not used because it

@@ -45,7 +45,8 @@ def test_curtain_clips_come_back_bit_identical(curtain_split):
     for index in range(6):
         key = f"curtain-train-{index:06d}"
         clip = make_clip(SPEC, 7, "train", index)
-        expected_latents = PixelCodec(cfg.codec.pixel_patch).encode(uint8_to_video(torch.from_numpy(clip.frames)[None]))[0]
+        video = uint8_to_video(torch.from_numpy(clip.frames)[None])
+        expected_latents = PixelCodec(cfg.codec.pixel_patch).encode(video)[0]
         stored_latents = load_safetensors(members[f"{key}.latents.safetensors"])["latents"]
         assert stored_latents.dtype == torch.float32 and torch.equal(stored_latents, expected_latents)
         stored_text = load_safetensors(members[f"{key}.text.safetensors"])["text"]
