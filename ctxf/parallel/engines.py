@@ -1,0 +1,136 @@
+"""DeepSpeed ZeRO-3 engines for the student and the critic (two engines in one process).
+
+`build_engine(model, role, config, topology)` builds one engine from `parallel.ds_config`
+(ds_configs/zero3.json or zero3_offload.json) plus the fields derived from the training config
+and the topology, so they cannot disagree: the JSON files must not set them.
+
+How the loss stays right when context-parallel ranks share one sample
+---------------------------------------------------------------------
+DeepSpeed is told that every rank is data-parallel: the engines' `mpu` reports the ZeRO group
+(all W ranks) as the data-parallel group and declares no sequence parallelism, so ZeRO-3
+partitions over all ranks and averages gradients over all W of them on every reduction path.
+(Declaring sequence parallelism would make DeepSpeed 0.19 sum over the sequence-parallel
+ranks on one reduction path and average on the other, depending on `reduce_scatter` and the
+bucket size.) Each rank of a context-parallel group of P ranks computes its sample's whole loss:
+either its model runs unsharded (each rank's gradient is the sample's gradient g) or the model
+runs sharded through `ContextParallelModel`, whose gather sums the P copies' gradients in
+backward, so the group's gradients add up to P x g. Either way the P ranks contribute P x g, and
+averaging over W = (W / P) x P ranks gives the mean over the W / P samples: no loss scaling.
+DeepSpeed's own batch arithmetic counts ranks, so its `train_batch_size` is
+`train.global_batch_size x context_parallel_degree` (a sample is counted once per rank that
+holds it); `train_micro_batch_size_per_gpu` and `gradient_accumulation_steps` are the real ones.
+
+Every engine gets its `mpu` explicitly: DeepSpeed keeps the last one in a process-wide global,
+and an engine built without one inherits another's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ctxf.config import Config, ConfigError
+from ctxf.models.wan import WanDiT
+from ctxf.parallel.context_parallel import ContextParallelModel
+from ctxf.parallel.plan import ParallelPlan
+from ctxf.parallel.topology import Topology
+
+ROLES = ("student", "critic")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# fields the JSON must leave out, and where their values come from
+DERIVED_FIELDS = {
+    "train_batch_size": "train.global_batch_size x parallel.context_parallel_degree",
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size / (micro batch x data-parallel size)",
+    "gradient_clipping": "train.grad_clip",
+    "bf16": "train.precision",
+    "fp16": "train.precision (fp16 is not supported)",
+    "optimizer": "train.<role>_lr, <role>_betas, weight_decay (a torch AdamW)",
+    "scheduler": "the trainer (no DeepSpeed scheduler)",
+}
+
+
+def resolve_ds_config_path(path: str) -> Path:
+    """A path as given, else relative to the repository (so `ds_configs/zero3.json` works anywhere)."""
+    for candidate in (Path(path), REPO_ROOT / path):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"parallel.ds_config={path!r} not found (looked in the working directory and {REPO_ROOT})")
+
+
+def deepspeed_config(config: Config, parallel_plan: ParallelPlan) -> dict:
+    """The JSON of `parallel.ds_config` with the derived fields filled in."""
+    path = resolve_ds_config_path(config.parallel.ds_config)
+    try:
+        ds_config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from err
+    for key, source in DERIVED_FIELDS.items():
+        if key in ds_config:
+            raise ConfigError(f"{path} sets {key!r}; remove it: it is derived from {source}")
+    stage = ds_config.get("zero_optimization", {}).get("stage")
+    if stage != 3:
+        raise ConfigError(f"{path}: zero_optimization.stage is {stage}; the student and critic engines need 3")
+    ds_config.update(
+        train_micro_batch_size_per_gpu=parallel_plan.micro_batch_size,
+        gradient_accumulation_steps=parallel_plan.gradient_accumulation_steps,
+        train_batch_size=parallel_plan.global_batch_size * parallel_plan.context_parallel_degree,
+        gradient_clipping=config.train.grad_clip,
+        bf16={"enabled": config.train.precision == "bf16"},
+    )
+    return ds_config
+
+
+class DeepSpeedGroups:
+    """The `mpu` DeepSpeed reads its process groups from (see the module docstring)."""
+
+    def __init__(self, topology: Topology):
+        self.topology = topology
+
+    def get_data_parallel_group(self) -> dist.ProcessGroup:
+        return self.topology.zero_group
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.topology.world_size
+
+    def get_data_parallel_rank(self) -> int:
+        return dist.get_rank(self.topology.zero_group)
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        return self.topology.ranks("zero")
+
+    def get_model_parallel_group(self) -> dist.ProcessGroup:
+        return self.topology.model_parallel_group
+
+    def get_model_parallel_world_size(self) -> int:
+        return 1
+
+    def get_model_parallel_rank(self) -> int:
+        return 0
+
+
+def _wan(model: nn.Module) -> WanDiT:
+    if isinstance(model, ContextParallelModel):
+        return model.wan
+    if isinstance(model, WanDiT):
+        return model
+    raise TypeError(f"expected a WanDiT or ContextParallelModel, got {type(model).__name__}")
+
+
+def build_engine(model: nn.Module, role: str, config: Config, topology: Topology) -> deepspeed.DeepSpeedEngine:
+    """A ZeRO-3 engine for `model` (a WanDiT, or a ContextParallelModel to shard its sequence)."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: choose one of {', '.join(ROLES)}")
+    train = config.train
+    _wan(model).gradient_checkpointing = config.parallel.activation_checkpointing
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=getattr(train, f"{role}_lr"), betas=tuple(getattr(train, f"{role}_betas")),
+                                  weight_decay=train.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(config, topology.plan),
+                                      mpu=DeepSpeedGroups(topology), dist_init_required=False)
+    return engine
