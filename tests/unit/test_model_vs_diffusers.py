@@ -12,7 +12,8 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from ctxf.models.wan import WanDiT
-from ctxf.models.weights import build_model_from_pretrained, load_model_weights, model_config_from_diffusers
+from ctxf.ckpt.checkpoint_config import model_config_from_diffusers
+from ctxf.models.weights import build_model_from_pretrained, load_model_weights
 
 TOLERANCE = 1e-5
 

@@ -1,4 +1,4 @@
-"""Checkpoint formats in and out (ctxf.models.weights).
+"""Checkpoint formats in and out (ctxf.ckpt, and loading through ctxf.models.weights).
 
 Oracles: diffusers' own Wan converter (`convert_wan_transformer_to_diffusers`), its
 `save_pretrained` / `from_pretrained` for the directory layout and sharding, a hand-written list
@@ -17,11 +17,12 @@ from safetensors.torch import save_file
 
 from ctxf.config import ConfigError, ModelConfig, load_config
 from ctxf.models.wan import WanDiT
-from ctxf.models.weights import (
-    CheckpointError, build_model_from_pretrained, check_model_config, diffusers_to_wan, load_diffusers_dir,
-    load_model_weights, load_wan_original, model_config_from_diffusers, read_checkpoint, save_diffusers_dir,
-    save_wan_original, wan_to_diffusers,
+from ctxf.ckpt.checkpoint_config import check_model_config, model_config_from_diffusers
+from ctxf.ckpt.checkpoint_files import (
+    load_diffusers_dir, load_wan_original, read_checkpoint, save_diffusers_dir, save_wan_original,
 )
+from ctxf.ckpt.wan_keys import CheckpointError, diffusers_to_wan, wan_to_diffusers
+from ctxf.models.weights import build_model_from_pretrained, load_model_weights
 
 DIFFUSERS_TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, text_dim=24,
                       freq_dim=32, ffn_dim=48, patch_size=(1, 2, 2))
