@@ -1,7 +1,7 @@
 """A Wan2.1-style diffusion transformer with bidirectional and block-causal (KV-cached) attention.
 
 Parameter names match diffusers' `WanTransformer3DModel`, so its `save_pretrained` checkpoints
-load as they are (`ctxf.models.weights` maps Wan's original names). diffusers' condition
+load as they are (`ctxf.ckpt.wan_keys` maps Wan's original names). diffusers' condition
 embedder and feed-forward are used as they are; the attention, block and model forward are our
 own because diffusers' Wan cannot take a KV cache, a block-causal mask or RoPE positions chosen
 by a memory, and the student needs all three.
