@@ -6,7 +6,8 @@ Writes curtain-world shards (or reads `--shards`), then measures in one run:
 - samples per second the tiny student consumes: one forward + backward + AdamW step of the
   default tiny `WanDiT` on one batch of the same shape. A real distillation step does several
   of those (rollout, critic, teacher), so this overstates consumption and the ratio is a floor.
-Prints the ratios and writes JSON and a PNG bar chart under `--out`.
+Each setting is timed `--repeats` times and the fastest kept, so a busy machine disturbs the
+ratios less. Prints the ratios and writes JSON and a PNG bar chart under `--out`.
 
     python benchmarks/bench_data.py [--out outputs/bench] [--clips 256] [--batch-size 4] [--num-frames 21]
 """
@@ -29,18 +30,23 @@ from data_pipeline.make_curtain import write_split
 
 
 def measure_loader(shards: str, num_workers: int, args, max_length: int) -> dict:
+    """Fastest of `--repeats` timings of `--epochs` epochs (the machine may be shared)."""
     loader = ShardLoader(shards, batch_size=args.batch_size, max_length=max_length, num_workers=num_workers,
                          shuffle_buffer=args.shuffle_buffer, seed=0, num_frames=args.num_frames)
-    samples, first_batch = 0, None
-    started = time.perf_counter()
-    for epoch in range(args.epochs):
-        for batch in loader:
-            if first_batch is None:
-                first_batch = time.perf_counter() - started
-            samples += len(batch)
-    seconds = time.perf_counter() - started
+    timings = []
+    for _ in range(args.repeats):
+        samples, first_batch = 0, None
+        started = time.perf_counter()
+        for _ in range(args.epochs):
+            for batch in loader:
+                if first_batch is None:
+                    first_batch = time.perf_counter() - started
+                samples += len(batch)
+        timings.append((time.perf_counter() - started, first_batch))
+    seconds, first_batch = min(timings)
     return {"num_workers": num_workers, "samples": samples, "seconds": seconds,
-            "samples_per_second": samples / seconds, "first_batch_seconds": first_batch}
+            "samples_per_second": samples / seconds, "first_batch_seconds": first_batch,
+            "all_seconds": [t for t, _ in timings]}
 
 
 def measure_trainer(batch, args) -> dict:
@@ -62,14 +68,17 @@ def measure_trainer(batch, args) -> dict:
 
     for _ in range(args.warmup_steps):
         step()
-    started = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    seconds = time.perf_counter() - started
+    timings = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        timings.append(time.perf_counter() - started)
+    seconds = min(timings)
     num_params = sum(p.numel() for p in model.parameters())
     return {"steps": args.steps, "seconds": seconds, "seconds_per_step": seconds / args.steps,
             "samples_per_second": args.steps * latents.shape[0] / seconds, "num_parameters": num_params,
-            "batch_shape": list(latents.shape)}
+            "batch_shape": list(latents.shape), "all_seconds": timings}
 
 
 def write_shards(directory: Path, args) -> str:
@@ -112,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts (default 0 1 2)")
     parser.add_argument("--steps", type=int, default=20, help="timed trainer steps (default 20)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed trainer steps first (default 3)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the trainer step (default 1, as OMP_NUM_THREADS=1 CPU runs use)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="time each setting this often and keep the fastest (default 3)")
     args = parser.parse_args(argv)
     cfg = load_config("tiny")
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="bench_data_") as scratch:
         shards = args.shards or write_shards(Path(scratch) / "curtain", args)

@@ -40,7 +40,7 @@ def test_data_benchmark_runs_and_writes_json_and_png(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.main(["--out", str(tmp_path), "--clips", "8", "--clips-per-shard", "4", "--epochs", "1",
-                       "--workers", "0", "1", "--steps", "1", "--warmup-steps", "0"]) == 0
+                       "--workers", "0", "1", "--steps", "1", "--warmup-steps", "0", "--repeats", "1"]) == 0
     results = json.loads((tmp_path / "bench_data.json").read_text())
     assert [r["samples"] for r in results["loader"]] == [8, 8]
     assert results["trainer"]["samples_per_second"] > 0 and set(results["ratios"]) == {"0", "1"}
