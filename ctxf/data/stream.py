@@ -89,7 +89,7 @@ class _Reader:
 
     def __init__(self, settings: StreamSettings, epoch: int, rank: int, world_size: int, worker: int,
                  num_workers: int):
-        self.settings, self.epoch, self.worker = settings, epoch, worker
+        self.settings, self.epoch = settings, epoch
         self.shards = reader_shards(settings, epoch, rank, world_size, worker, num_workers)
         self.rng_seed = [settings.seed, epoch, rank, world_size, worker, num_workers]
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
@@ -121,10 +121,12 @@ class _Reader:
     def decoded(self, samples: Iterator[dict]) -> Iterator[Sample]:
         for raw in samples:
             try:
-                yield decode_sample(raw, load_latents=self.settings.load_latents)
+                sample = decode_sample(raw, load_latents=self.settings.load_latents)
             except Exception as err:  # decode_sample names the problem; any failure means a bad sample
                 self.counters["corrupt_samples"] += 1
                 logger.warning("skipping sample %s from %s: %s", raw.get("__key__"), raw.get("__url__"), err)
+                continue
+            yield sample
 
     def cropped(self, samples: Iterator[Sample]) -> Iterator[Sample]:
         """A window of `num_frames` latent frames, its start drawn from (seed, epoch, key)."""
