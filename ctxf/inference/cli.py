@@ -20,9 +20,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ctxf.config import DEFAULT_PRESET, MEMORY_POLICIES, Config, ConfigError, describe_fields, load_config
@@ -32,6 +31,7 @@ from ctxf.memory.cache import build_memory
 from ctxf.models.codec import build_codec, video_to_uint8
 from ctxf.models.factory import build_model, resolve_device
 from ctxf.models.text_encoder import build_text_encoder
+from ctxf.tensor_files import load_tensor
 
 FLAG_TO_KEY = {"seconds": "inference.seconds", "memory": "memory.policy", "prompt": "inference.prompt",
                "output_dir": "inference.output_dir", "prefix_latents": "inference.prefix_latents",
@@ -64,19 +64,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def load_latents(path: str) -> torch.Tensor:
-    """A latent clip from `.npy` or `.safetensors` (one tensor, or one named `latents`), as [B, C, F, H, W]."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"prefix latents {path} do not exist")
-    if file.suffix == ".npy":
-        latents = torch.from_numpy(np.load(file))
-    elif file.suffix == ".safetensors":
-        tensors = load_file(str(file))
-        if "latents" not in tensors and len(tensors) != 1:
-            raise ValueError(f"{path} holds {sorted(tensors)}; name the clip 'latents' or store one tensor")
-        latents = tensors.get("latents", next(iter(tensors.values())))
-    else:
-        raise ValueError(f"prefix latents {path}: use a .npy or .safetensors file")
+    """A latent clip (`latents` in a .safetensors, or a .npy) as [B, C, F, H, W]."""
+    latents = load_tensor(path, "latents", what="prefix latents")
     if latents.ndim == 4:
         latents = latents[None]
     if latents.ndim != 5:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ctxf.config import TextConfig
+from ctxf.tensor_files import load_tensor
 
 
 class TextEncoder(ABC):
@@ -91,23 +92,10 @@ class UMT5TextEncoder(TextEncoder):
 
 
 class PrecomputedTextEncoder(TextEncoder):
-    """Embeddings from a file: a `[L, D]` or `[N, L, D]` array; prompts are ignored (one per row)."""
+    """Embeddings from a file (`text_embeddings`, `[L, D]` or `[N, L, D]`); prompts are ignored (one per row)."""
 
     def __init__(self, path: str, max_length: int):
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"text.embeddings_path={path!r} does not exist")
-        if file.suffix == ".npy":
-            array = torch.from_numpy(np.load(file))
-        elif file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(file))
-            if len(tensors) != 1:
-                raise ValueError(f"{path} holds {sorted(tensors)}; save exactly one tensor of embeddings")
-            array = next(iter(tensors.values()))
-        else:
-            raise ValueError(f"text.embeddings_path={path!r}: use a .npy or .safetensors file")
+        array = load_tensor(path, "text_embeddings", what="text.embeddings_path")
         self.rows = array.float() if array.ndim == 3 else array.float()[None]
         self.max_length, self.dim = max_length, self.rows.shape[-1]
 

@@ -56,7 +56,9 @@ def _per_token(per_frame: torch.Tensor, frame_index: torch.Tensor) -> torch.Tens
     return per_frame.index_select(1, frame_index)
 
 
-class WanSelfAttention(nn.Module):
+class WanAttentionProjections(nn.Module):
+    """q, k, v, out projections and RMS qk-norm across heads: the parameters of diffusers' WanAttention."""
+
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
         self.num_heads = num_heads
@@ -64,9 +66,11 @@ class WanSelfAttention(nn.Module):
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
-        self.norm_q = nn.RMSNorm(dim, eps=eps)  # across heads, as Wan
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
+
+class WanSelfAttention(WanAttentionProjections):
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.norm_q(self.to_q(x)), self.norm_k(self.to_k(x)), self.to_v(x)
         # [B, S, dim] -> [B, S, H, head_dim]
@@ -94,17 +98,7 @@ class WanSelfAttention(nn.Module):
         return self.to_out[0](out.flatten(2)), (k, v)
 
 
-class WanCrossAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
-
+class WanCrossAttention(WanAttentionProjections):
     def forward(self, x: torch.Tensor, text: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
         # [B, S, dim] -> [B, S, H, head_dim]; text [B, L, dim] -> [B, L, H, head_dim]
         q = self.norm_q(self.to_q(x)).unflatten(-1, (self.num_heads, -1))

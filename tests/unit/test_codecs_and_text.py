@@ -84,3 +84,24 @@ def test_umt5_encoder_from_a_local_directory(tmp_path):
     assert padded.shape == (1, 8, 16) and padded[0, 3:].abs().sum() == 0
     with pytest.raises(ValueError, match="model.text_dim=16"):
         build_text_encoder(TextConfig(kind="umt5", encoder_path=str(tmp_path), max_length=8), text_dim=32)
+
+
+def test_precomputed_embeddings_from_npy_and_safetensors(tmp_path):
+    import numpy as np
+    from safetensors.torch import save_file
+
+    rows = torch.randn(2, 3, 8)
+    np.save(tmp_path / "emb.npy", rows.numpy())
+    save_file({"text_embeddings": rows[0], "other": torch.zeros(1)}, str(tmp_path / "emb.safetensors"))
+    from_npy = build_text_encoder(TextConfig(kind="embeddings", embeddings_path=str(tmp_path / "emb.npy"),
+                                             max_length=5), text_dim=8)
+    out = from_npy.encode(["first", "second", "third"])
+    assert out.shape == (3, 5, 8)
+    assert torch.equal(out[1, :3], rows[1]) and torch.equal(out[2, :3], rows[0]) and out[:, 3:].abs().sum() == 0
+    from_st = build_text_encoder(TextConfig(kind="embeddings", embeddings_path=str(tmp_path / "emb.safetensors"),
+                                            max_length=5), text_dim=8)
+    assert torch.equal(from_st.encode(["x"])[0, :3], rows[0])
+    (tmp_path / "emb.txt").write_text("not a tensor")
+    with pytest.raises(ValueError, match="text.embeddings_path .*emb.txt: use a .npy or .safetensors"):
+        build_text_encoder(TextConfig(kind="embeddings", embeddings_path=str(tmp_path / "emb.txt"),
+                                      max_length=5), text_dim=8)
