@@ -212,6 +212,7 @@ class Config:
         if self.train.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision={self.train.precision!r}: choose fp32 or bf16 (fp16 is not supported)")
         _positive(self, ["train.global_batch_size", "train.micro_batch_size"])
+        self._validate_data()
         if self.inference.seconds <= 0:
             raise ConfigError(f"inference.seconds={self.inference.seconds} must be positive")
         return self
@@ -244,6 +245,16 @@ class Config:
             if mem.rope_length > self.model.rope_max_positions:
                 raise ConfigError(f"memory.rope_length={mem.rope_length} exceeds model.rope_max_positions="
                                   f"{self.model.rope_max_positions}")
+
+    def _validate_data(self) -> None:
+        data = self.data
+        for name in ("num_workers", "shuffle_buffer", "seed", "num_frames"):
+            if getattr(data, name) < 0:
+                raise ConfigError(f"data.{name}={getattr(data, name)} must be >= 0")
+        block = self.video.num_frames_per_block
+        if data.num_frames % block:
+            raise ConfigError(f"data.num_frames={data.num_frames} is not a whole number of chunks of "
+                              f"video.num_frames_per_block={block}; use a multiple of {block} (or 0: whole clips)")
 
     def memory_capacity_frames(self) -> int | None:
         """Largest number of latent frames the student's cache holds (None: unbounded)."""

@@ -1,4 +1,8 @@
-"""Schema of the `data` config section (the training loader)."""
+"""Schema of the `data` config section (the training loader).
+
+The batch size is not here: the loader takes `train.micro_batch_size`, the one number DeepSpeed
+and the loader must agree on.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from dataclasses import dataclass, field
 class DataConfig:
     shards: str = field(default="", metadata={"help": "shard source: paths, brace pattern, pipe: command or "
                                                       "manifest.json; '::' joins several"})
-    batch_size: int = field(default=1, metadata={"help": "samples per micro-batch per data-parallel rank"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     shuffle_buffer: int = field(default=64, metadata={"help": "samples held for shuffling (0: no shuffle)"})
     seed: int = field(default=0, metadata={"help": "shuffle seed; with the epoch it fixes the order"})

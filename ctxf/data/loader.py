@@ -95,7 +95,7 @@ class ShardLoader:
     def from_config(cls, cfg, *, rank: int, world_size: int) -> "ShardLoader":
         """Build from a `ctxf.config.Config` (its `data` section and `text.max_length`)."""
         data = cfg.data
-        return cls(data.shards, batch_size=data.batch_size, max_length=cfg.text.max_length, rank=rank,
+        return cls(data.shards, batch_size=cfg.train.micro_batch_size, max_length=cfg.text.max_length, rank=rank,
                    world_size=world_size, num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
                    seed=data.seed, num_frames=data.num_frames, drop_last=data.drop_last,
                    load_latents=data.load_latents)
@@ -180,7 +180,7 @@ class ShardLoader:
         if fresh_epoch and num_batches == 0:
             raise RuntimeError(f"rank {self.rank} read no batch in epoch {self._epoch} from its "
                                f"{len(self.settings.urls[self.rank::self.world_size])} shards (counters: "
-                               f"{self.counters}); check the shards and data.batch_size / data.drop_last")
+                               f"{self.counters}); check the shards and train.micro_batch_size / data.drop_last")
         self._totals = self.counters
         self.set_epoch(self._epoch + 1)
 

@@ -49,6 +49,8 @@ def test_unknown_or_mistyped_keys_name_the_key(override, words):
     ("codec.pixel_patch=4", ["codec.pixel_patch=4", "model.in_channels=12"]),
     ("model.head_dim=7", ["model.head_dim=7", "even"]),
     ("train.precision=fp16", ["train.precision", "fp16"]),
+    ("data.num_frames=20", ["data.num_frames=20", "multiple of 3"]),
+    ("data.num_workers=-1", ["data.num_workers=-1", ">= 0"]),
 ])
 def test_cross_field_errors_name_field_and_fix(override, words):
     with pytest.raises(ConfigError) as err:
