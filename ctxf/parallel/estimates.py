@@ -1,0 +1,171 @@
+"""Memory per GPU and communication per rank of a planned job, from formulas (no process, no model).
+
+Symbols: P parameters of one DiT (`wan_parameter_count`, exact for `WanDiT`), P_b of one block,
+L blocks, d = model width, f = FFN width, W world size, cp = U x R context-parallel degree
+(Ulysses x ring), T teacher shard degree, b bytes per activation / trainable weight (2 for
+train.precision=bf16, 4 for fp32), b_t bytes per teacher weight (model.dtype), m micro-batch.
+Token counts: teacher and critic see S = parallel.teacher_num_frames x frame_seq_len tokens,
+sharded over cp (s = ceil(S / cp) per rank); the student keeps activations for
+parallel.student_num_frames x frame_seq_len tokens, unsharded.
+
+Memory per GPU (METHOD.md section 8):
+- student, critic model states: 16 P / W (bf16: weight 2 + grad 2 + fp32 master 4 + Adam 8;
+  fp32: weight 4 + grad 4 + Adam 8; ZeRO-3 over all W ranks), plus two gathered blocks
+  (the one running and the one prefetched): 2 P_b b. (ds_configs/zero3.json; the offload
+  variant moves the 16 P / W to host memory.)
+- teacher: P b_t / T, plus one gathered block P_b b_t when T > 1.
+- activations, the largest of the three phases (they run one after another):
+  teacher forward (no grad): s (8 d + 2 f) b live in one block, the Ulysses-gathered q, k, v
+  and output 4 (S / R)(d / U) b, and two whole-sequence tensors (embedded and gathered
+  hidden) 2 S d b; critic and student training: with activation checkpointing the L block
+  inputs L s d b plus one block being recomputed s (16 d + 2 f) b (without: L s (16 d + 2 f) b),
+  plus the same attention and whole-sequence terms; all times m.
+  Attention is assumed O(tokens) in memory (flash / memory-efficient kernels); a dense SDPA
+  mask or score matrix would add S^2 terms.
+- KV: the student's memory cache, capacity frames x frame_seq_len x 2 (K, V) x d x L x b x m
+  (METHOD 4: 6.0 GB for 21 frames at 480x832 in bf16).
+
+Communication per rank per micro-step (bytes received; a ring step sends as much as it gets):
+- ZeRO-3, each of student and critic: parameter all-gathers in forward, in backward and (with
+  checkpointing) in recompute, and one gradient reduce-scatter: (3 or 2 + 1) P b (W - 1) / W.
+- teacher parameters (T > 1): P b_t (T - 1) / T per teacher forward.
+- Ulysses: 4 all-to-alls (q, k, v, out) per block, each s d b (U - 1) / U; the teacher runs
+  forward only (x 1), the critic forward, recompute and backward (x 3, or x 2 unchecked).
+- ring: per block (R - 1) shifts of k and v, 2 (S / R)(d / U) b each; backward sends the
+  gradients back the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+from ctxf.config import Config, ModelConfig
+from ctxf.parallel.plan import ParallelPlan
+
+STATE_BYTES_PER_PARAM = 16  # mixed-precision Adam, and fp32 Adam alike (see the module docstring)
+LIVE_WIDTHS_FORWARD = (8, 2)  # (d-wide, f-wide) tensors per token alive in a no-grad block forward
+SAVED_WIDTHS_TRAINING = (16, 2)  # (d-wide, f-wide) tensors per token a block keeps for its backward
+
+
+def block_parameter_count(model: ModelConfig) -> int:
+    d, f = model.dim, model.ffn_dim
+    attention = 4 * (d * d + d) + 2 * d  # q, k, v, out projections and the two RMS norms
+    return 2 * attention + 2 * d + (d * f + f + f * d + d) + 6 * d  # self + cross, norm2, ffn, modulation
+
+
+def wan_parameter_count(model: ModelConfig) -> int:
+    """Parameters of `WanDiT(model)`, exactly (tests compare it with the real module)."""
+    d, patch = model.dim, math.prod(model.patch_size)
+    stem = (model.in_channels * d * patch + d  # patch embedding
+            + model.freq_dim * d + d + d * d + d  # timestep embedding MLP
+            + 6 * d * d + 6 * d  # timestep projection to the six modulations
+            + model.text_dim * d + d + d * d + d  # text projection MLP
+            + d * model.out_channels * patch + model.out_channels * patch + 2 * d)  # output head, modulation
+    return stem + model.num_layers * block_parameter_count(model)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per GPU."""
+
+    student: float
+    critic: float
+    teacher: float
+    activations: float
+    kv_cache: float
+    teacher_forward_activations: float
+    critic_activations: float
+    student_activations: float
+
+    @property
+    def total(self) -> float:
+        return self.student + self.critic + self.teacher + self.activations + self.kv_cache
+
+
+@dataclass(frozen=True)
+class CommunicationEstimate:
+    """Bytes per rank per micro-step."""
+
+    student_zero: float
+    critic_zero: float
+    teacher_gather: float
+    teacher_context_parallel: float
+    critic_context_parallel: float
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+
+def _bytes(config: Config) -> tuple[int, int]:
+    """(activation and trainable-weight bytes, teacher-weight bytes)."""
+    return (2 if config.train.precision == "bf16" else 4), (2 if config.model.dtype == "bfloat16" else 4)
+
+
+def _token_counts(config: Config, parallel_plan: ParallelPlan) -> tuple[int, int, int]:
+    """(teacher sequence S, teacher tokens per rank s, student tokens)."""
+    return (parallel_plan.teacher_num_tokens, parallel_plan.teacher_tokens_per_rank,
+            config.parallel.student_num_frames * config.frame_seq_len)
+
+
+def _attention_working_set(sequence: int, parallel_plan: ParallelPlan, dim: int, act: int) -> float:
+    return 4 * math.ceil(sequence / parallel_plan.ring_degree) * dim / parallel_plan.ulysses_degree * act
+
+
+def _training_activations(tokens_per_rank: int, sequence: int, config: Config, parallel_plan: ParallelPlan,
+                          act: int) -> float:
+    m = config.model
+    d_wide, f_wide = SAVED_WIDTHS_TRAINING
+    one_block = tokens_per_rank * (d_wide * m.dim + f_wide * m.ffn_dim) * act
+    if config.parallel.activation_checkpointing:
+        kept = m.num_layers * tokens_per_rank * m.dim * act + one_block
+    else:
+        kept = m.num_layers * one_block
+    return kept + _attention_working_set(sequence, parallel_plan, m.dim, act) + 2 * sequence * m.dim * act
+
+
+def estimate_memory(config: Config, parallel_plan: ParallelPlan) -> MemoryEstimate:
+    m = config.model
+    act, teacher_bytes = _bytes(config)
+    params, block = wan_parameter_count(m), block_parameter_count(m)
+    world, shards, micro = parallel_plan.world_size, parallel_plan.teacher_shard_degree, parallel_plan.micro_batch_size
+    states = STATE_BYTES_PER_PARAM * params / world + 2 * block * act
+    teacher = params * teacher_bytes / shards + (block * teacher_bytes if shards > 1 else 0)
+
+    sequence, per_rank, student_tokens = _token_counts(config, parallel_plan)
+    d_wide, f_wide = LIVE_WIDTHS_FORWARD
+    teacher_forward = micro * (per_rank * (d_wide * m.dim + f_wide * m.ffn_dim) * act
+                               + _attention_working_set(sequence, parallel_plan, m.dim, act)
+                               + 2 * sequence * m.dim * act)
+    critic = micro * _training_activations(per_rank, sequence, config, parallel_plan, act)
+    unsharded = replace(parallel_plan, ulysses_degree=1, ring_degree=1)
+    student = micro * _training_activations(student_tokens, student_tokens, config, unsharded, act)
+
+    capacity = config.memory_capacity_frames() or config.parallel.teacher_num_frames
+    kv = micro * capacity * config.frame_seq_len * 2 * m.dim * m.num_layers * act
+    return MemoryEstimate(student=states, critic=states, teacher=teacher,
+                          activations=max(teacher_forward, critic, student), kv_cache=kv,
+                          teacher_forward_activations=teacher_forward, critic_activations=critic,
+                          student_activations=student)
+
+
+def estimate_communication(config: Config, parallel_plan: ParallelPlan) -> CommunicationEstimate:
+    m = config.model
+    act, teacher_bytes = _bytes(config)
+    params, world = wan_parameter_count(m), parallel_plan.world_size
+    gathers = 3 if config.parallel.activation_checkpointing else 2
+    zero = (gathers + 1) * params * act * (world - 1) / world
+    shards = parallel_plan.teacher_shard_degree
+    teacher_gather = params * teacher_bytes * (shards - 1) / shards
+
+    sequence, per_rank, _ = _token_counts(config, parallel_plan)
+    u, r = parallel_plan.ulysses_degree, parallel_plan.ring_degree
+    ulysses = 4 * m.num_layers * per_rank * m.dim * act * (u - 1) / u
+    ring = m.num_layers * (r - 1) * 2 * math.ceil(sequence / r) * m.dim / u * act
+    passes = 3 if config.parallel.activation_checkpointing else 2
+    micro = parallel_plan.micro_batch_size
+    return CommunicationEstimate(
+        student_zero=zero, critic_zero=zero, teacher_gather=teacher_gather,
+        teacher_context_parallel=micro * (ulysses + ring),
+        critic_context_parallel=micro * passes * (ulysses + ring))

@@ -1,0 +1,44 @@
+"""`ctxf.train`: the dry run prints the plan without starting anything; training is refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctxf.train import main
+
+REPO = Path(__file__).resolve().parents[2]
+WAN_64 = ["--validate-only", "--world-size", "64", "--config", "wan1.3b", "train.global_batch_size=64",
+          "parallel.context_parallel_degree=4"]
+
+
+def test_dry_run_prints_groups_batch_and_memory(capsys):
+    assert main(WAN_64) == 0
+    out = capsys.readouterr().out
+    for needed in ("64 ranks (no process started)", "16 x 4 ranks: [0, 1, 2, 3], [4, 5, 6, 7], ...",
+                   "accumulation 4 x data-parallel 16 = global 64", "teacher weights", "activations",
+                   "KV cache", '"train_batch_size": 256'):
+        assert needed in out, needed
+
+
+def test_impossible_plan_is_a_clear_error(capsys):
+    assert main(["--validate-only", "--world-size", "64", "--config", "wan1.3b"]) == 2
+    assert "train.global_batch_size=2 is not a multiple" in capsys.readouterr().err
+
+
+def test_training_is_not_implemented_yet(capsys):
+    assert main(["--config", "tiny"]) == 2
+    assert "training stages are not implemented yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("launch", [["-m", "ctxf.train"], [str(REPO / "ctxf" / "train.py")]], ids=["module", "script"])
+def test_runs_as_module_and_as_script(launch, tmp_path):
+    env = {**os.environ, "PYTHONPATH": ""}  # the script form must find the package by itself, from anywhere
+    run = subprocess.run([sys.executable, *launch, *WAN_64, "--deepspeed", "ds_configs/zero3_offload.json"],
+                         cwd=REPO if launch[0] == "-m" else tmp_path, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "offload_optimizer" in run.stdout
