@@ -60,6 +60,10 @@ def init_distributed(backend: str = "auto", info: LaunchInfo | None = None,
                      timeout: timedelta = timedelta(minutes=10)) -> LaunchInfo:
     """Initialise the default process group (once); returns where this process sits."""
     info = info or launch_info()
+    # DeepSpeed reads these itself (LOCAL_RANK above all); srun sets only SLURM_* names
+    for name, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank),
+                        ("MASTER_ADDR", info.master_addr), ("MASTER_PORT", info.master_port)):
+        os.environ.setdefault(name, str(value))
     backend = resolve_backend(backend)
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
