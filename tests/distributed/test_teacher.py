@@ -12,6 +12,7 @@ import torch.distributed as dist
 from gloo_workers import run_workers
 
 from ctxf.config import load_config
+from ctxf.memory.view import MemoryView
 from ctxf.models.wan import WanDiT
 from ctxf.parallel.context_parallel import ContextParallelModel
 from ctxf.parallel.plan import plan
@@ -63,21 +64,36 @@ def test_teacher_forward_sharded_over_two_ranks_equals_one_rank():
         assert worst[1] <= 1e-5, f"(tokens, teacher_shard_degree) = {worst[0]}: error {worst[1]:.2e}"
 
 
-def check_gradients(cp: int, num_frames_per_block: int | None) -> dict:
+def _memory(config, batch: int, frames: int, num_cached: int) -> MemoryView | None:
+    """Cached keys/values of `num_cached` earlier frames, as the student's memory hands them over."""
+    if not num_cached:
+        return None
+    generator = torch.Generator().manual_seed(2)
+    m = config.model
+    shape = (batch, num_cached * config.frame_seq_len, m.num_heads, m.head_dim)
+    return MemoryView(keys=[torch.randn(shape, generator=generator) for _ in range(m.num_layers)],
+                      values=[torch.randn(shape, generator=generator) for _ in range(m.num_layers)],
+                      key_frame_positions=torch.arange(num_cached),
+                      query_frame_positions=torch.arange(num_cached, num_cached + frames))
+
+
+def check_gradients(cp: int, num_frames_per_block: int | None, num_cached: int) -> dict:
     errors = {}
     for frames, size in SEQUENCES:
         config = _config(cp, 1, size, dist.get_world_size())
         model = _model(config)
         inputs = _inputs(config, frames)
         weights = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(1))
+        options = {"num_frames_per_block": num_frames_per_block,
+                   "memory": _memory(config, inputs[0].shape[0], frames, num_cached)}
 
-        expected = model(*inputs, num_frames_per_block=num_frames_per_block)
+        expected = model(*inputs, **options)
         (expected * weights).sum().backward()
 
         sharded = ContextParallelModel(copy.deepcopy(model), Topology(plan(dist.get_world_size(), config))
                                        .context_parallel)
         sharded.zero_grad()
-        out = sharded(*inputs, num_frames_per_block=num_frames_per_block)
+        out = sharded(*inputs, **options)
         (out * weights).sum().backward()
         errors[(frames, size, "out")] = (out - expected).abs().max().item()
         # every rank computed the whole sample's loss: the group's gradients add up to cp times it
@@ -89,9 +105,10 @@ def check_gradients(cp: int, num_frames_per_block: int | None) -> dict:
     return errors
 
 
-@pytest.mark.parametrize("num_frames_per_block", [None, 2])
-def test_sharded_model_gradients_add_up_to_the_single_process_gradient(num_frames_per_block):
-    for rank_errors in run_workers(2, check_gradients, 2, num_frames_per_block):
+@pytest.mark.parametrize("num_frames_per_block, num_cached", [(None, 0), (2, 0), (2, 3)],
+                         ids=["bidirectional", "block-causal", "block-causal-with-memory"])
+def test_sharded_model_gradients_add_up_to_the_single_process_gradient(num_frames_per_block, num_cached):
+    for rank_errors in run_workers(2, check_gradients, 2, num_frames_per_block, num_cached):
         worst = max(rank_errors.items(), key=lambda item: item[1])
         assert worst[1] <= 1e-5, f"(frames, size, tensor) = {worst[0]}: error {worst[1]:.2e}"
 
