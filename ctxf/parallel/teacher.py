@@ -42,7 +42,8 @@ class _GatherPerForward:
     def __init__(self, module: nn.Module):
         self.params = list(module.parameters())
         self.open: list[deepspeed.zero.GatheredParameters] = []
-        self.handles = [module.register_forward_pre_hook(self._before), module.register_forward_hook(self._after)]
+        self.handles = [module.register_forward_pre_hook(self._before),
+                        module.register_forward_hook(self._after, always_call=True)]  # frees even if forward raised
 
     def _before(self, module: nn.Module, args) -> None:
         gathered = deepspeed.zero.GatheredParameters(self.params, modifier_rank=None)
