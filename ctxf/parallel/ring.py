@@ -16,6 +16,7 @@ gradients back around the ring. Masked scores get a large finite negative value 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from ctxf.parallel.collectives import Group, ring_shift
 
@@ -59,7 +60,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_bloc
     if num_past:
         acc = _attend_shard(q, k[:, :num_past], v[:, :num_past], query_blocks, key_blocks[:num_past])
     shard_k, shard_v, shard_blocks = k[:, num_past:], v[:, num_past:], key_blocks[num_past:]
-    for step in range(group.size()):
+    for step in range(dist.get_world_size(group)):
         if step:
             shard_k, shard_v, shard_blocks = ring_shift([shard_k, shard_v, shard_blocks], group)
         acc = _fold(acc, _attend_shard(q, shard_k, shard_v, query_blocks, shard_blocks))
