@@ -70,8 +70,9 @@ def describe_plan(config: Config, parallel_plan: ParallelPlan) -> str:
 
 def projection_table(config: Config, world_size: int, degrees: list[int]) -> str:
     """Markdown table: memory per GPU and communication per rank for each context-parallel degree."""
-    header = ("| cp (Ulysses x ring) | tokens / rank | student | critic | teacher | activations | KV | total "
-              "| ZeRO-3 comm / micro-step (each engine) | CP comm teacher / critic |")
+    header = ("| cp (Ulysses x ring) | tokens / rank | student + critic states | teacher | activations: teacher "
+              "forward / critic / student | KV | total (largest phase) | ZeRO-3 comm, each engine "
+              "| CP comm teacher / critic |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for degree in degrees:
         candidate = dataclasses.replace(config, parallel=dataclasses.replace(
@@ -84,8 +85,9 @@ def projection_table(config: Config, world_size: int, degrees: list[int]) -> str
         memory, comm = estimate_memory(candidate, p), estimate_communication(candidate, p)
         lines.append(
             f"| {degree} ({p.ulysses_degree} x {p.ring_degree}) | {p.teacher_tokens_per_rank:,} "
-            f"| {gigabytes(memory.student)} | {gigabytes(memory.critic)} | {gigabytes(memory.teacher)} "
-            f"| {gigabytes(memory.activations)} | {gigabytes(memory.kv_cache)} | {gigabytes(memory.total)} "
+            f"| {gigabytes(memory.student + memory.critic)} | {gigabytes(memory.teacher)} "
+            f"| {gigabytes(memory.teacher_forward_activations)} / {gigabytes(memory.critic_activations)} / "
+            f"{gigabytes(memory.student_activations)} | {gigabytes(memory.kv_cache)} | {gigabytes(memory.total)} "
             f"| {gigabytes(comm.student_zero)} | {gigabytes(comm.teacher_context_parallel)} / "
             f"{gigabytes(comm.critic_context_parallel)} |")
     return "\n".join(lines)
