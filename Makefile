@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctxf-installed
 
-.PHONY: setup run test test-unit test-distributed bench clean
+.PHONY: setup run test test-unit test-distributed bench dry-run clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test-distributed: setup
 
 bench: setup
 	$(PY) benchmarks/bench_streaming.py
+	$(PY) benchmarks/bench_peers.py
+	$(PY) benchmarks/bench_parallel.py
+	$(PY) benchmarks/bench_data.py
+
+dry-run: setup
+	$(PY) -m ctxf.train --validate-only --world-size 64 --config wan1.3b
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
