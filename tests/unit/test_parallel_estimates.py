@@ -27,7 +27,9 @@ def test_parameter_count_matches_the_module(preset, overrides):
 
 
 def wan_64(*overrides: str):
-    config = load_config("wan1.3b", ["train.global_batch_size=64", "train.precision=bf16", *overrides])
+    config = load_config("wan1.3b", ["train.global_batch_size=64", "train.precision=bf16",
+                                     "parallel.context_parallel_degree=1", "parallel.teacher_shard_degree=1",
+                                     *overrides])
     return config, plan(64, config)
 
 

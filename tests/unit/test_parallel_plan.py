@@ -12,7 +12,9 @@ from ctxf.parallel.plan import (BatchSizeError, ContextParallelLayoutError, Head
 
 
 def wan(*overrides: str):
-    return load_config("wan1.3b", ["train.global_batch_size=512", *overrides])
+    """The Wan2.1-1.3B geometry on a neutral layout (no context parallelism, replicated teacher)."""
+    return load_config("wan1.3b", ["train.global_batch_size=512", "parallel.context_parallel_degree=1",
+                                   "parallel.teacher_shard_degree=1", *overrides])
 
 
 def _assert_partition(groups: list[list[int]], world_size: int, size: int) -> None:

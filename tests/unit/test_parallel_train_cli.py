@@ -26,7 +26,8 @@ def test_dry_run_prints_groups_batch_and_memory(capsys):
 
 
 def test_impossible_plan_is_a_clear_error(capsys):
-    assert main(["--validate-only", "--world-size", "64", "--config", "wan1.3b"]) == 2
+    assert main(["--validate-only", "--world-size", "64", "--config", "wan1.3b", "train.global_batch_size=2",
+                 "parallel.context_parallel_degree=1"]) == 2
     assert "train.global_batch_size=2 is not a multiple" in capsys.readouterr().err
 
 
