@@ -28,11 +28,13 @@ keys one denoising step attends to, and tokens pushed through the model for that
   prefix instead and recomputes it, reported as tokens per chunk. Its cost per step grows with
   the prefix, so its rollout is capped by `--skyreels-frames`.
 
-This machine is shared, and another process's burst can make a chunk 10-100x slower. So the
-rollouts run `--repeats` times, in rounds (ours, AnyFlow, SkyReels, ours, ...); a chunk's time is
-its fastest over the rounds (as `timeit` takes the minimum), and "early" / "late" are medians of
-that over 5 chunks around `--probe-chunk` and over the last 5. Tokens and keys per chunk are
-exact counts, free of noise: they explain the times. Prints a table and ratios; writes
+This machine is shared: another process's burst of work can make a chunk 10-100x slower, for
+seconds at a time. So the rollouts run in `--repeats` rounds of (ours, AnyFlow, ours, SkyReels)
+(ours takes seconds, so it runs next to each peer, at different moments), and a time is the
+fastest sample (as `timeit` reports the minimum): "early" is the fastest of 5 chunks around
+`--probe-chunk` over all rounds, "late" the fastest of the last 5. Costs still growing over 5
+chunks make "late" at most a few percent low. Tokens and keys per chunk are exact counts, free
+of noise: they explain the times. Prints a table and ratios; writes
 `peers.json` (every round's per-chunk numbers) and `peers.png`. Measures and prints only; it
 never asserts timings.
 
@@ -45,7 +47,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -301,15 +302,16 @@ def run_peer(name: str, cfg: Config, text: torch.Tensor, num_frames: int) -> tup
 # ---------------------------------------------------------------- summary, table, plot
 
 
-def window_median(values: list[float], start: int, count: int = 5) -> float:
+def window_fastest(values: list[float], start: int, count: int = 5) -> float:
     start = max(1, min(start, len(values) - count))  # chunk 0 carries warm-up
-    return statistics.median(values[start:start + count])
+    return min(values[start:start + count])
 
 
 def summarize(run: dict, probe: int, count: int = 5) -> dict:
     early, late = probe - count // 2, len(run["seconds"]) - count
-    s_early, s_late = window_median(run["seconds"], early, count), window_median(run["seconds"], late, count)
-    return {"frames": run["end_frame"][-1], "early_chunk": probe, "late_chunks": [late, len(run["seconds"]) - 1],
+    s_early, s_late = window_fastest(run["seconds"], early, count), window_fastest(run["seconds"], late, count)
+    return {"frames": run["end_frame"][-1], "rollouts": len(run.get("seconds_rounds", [run["seconds"]])),
+            "early_chunk": probe, "late_chunks": [late, len(run["seconds"]) - 1],
             "seconds_early": s_early, "seconds_late": s_late, "seconds_late_over_early": s_late / s_early,
             "cache_bytes_early": run["cache_bytes"][probe], "cache_bytes_late": run["cache_bytes"][-1],
             "keys_early": run["keys_attended"][probe], "keys_late": run["keys_attended"][-1],
@@ -328,8 +330,10 @@ def print_table(summary: dict, params: dict, notes: dict, frame_seq_len: int) ->
         print(f"{name:<10} {params[name]:>7} {s['frames']:>6} {s['seconds_early']:>10.4f} {s['seconds_late']:>12.4f} "
               f"{s['seconds_late_over_early']:>10.2f} {s['cache_bytes_early'] / 1024:>9.1f} "
               f"{s['cache_bytes_late'] / 1024:>11.1f} {keys:>20} {tokens:>23}")
-    print(f"({frame_seq_len} tokens per latent frame; keys/step = keys a query of the chunk attends to per "
-          "denoising step; tokens/chunk = tokens through the model for the chunk, all passes)")
+    rollouts = ", ".join(f"{name} {s['rollouts']}" for name, s in summary.items())
+    print(f"(s/chunk: fastest of 5 chunks over every rollout ({rollouts}); {frame_seq_len} tokens per latent frame; "
+          "keys/step: keys a query of the chunk attends to per denoising step; tokens/chunk: tokens through the "
+          "model for the chunk, all passes)")
     for name, note in notes.items():
         print(f"  {name}: {note}")
 
@@ -362,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skyreels-frames", type=int, default=240,
                         help="cap on SkyReels' rollout, which recomputes its whole prefix every step (0: --frames)")
     parser.add_argument("--probe-chunk", type=int, default=10, help="the 'early' chunk")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of all rollouts; per chunk the fastest counts")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds of (ours, AnyFlow, ours, SkyReels); the fastest sample counts")
     parser.add_argument("--out", default="outputs/bench", help="directory for peers.json and peers.png")
     parser.add_argument("overrides", nargs="*", help="section.key=value for our config (geometry follows it)")
     args = parser.parse_args(argv)
@@ -386,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
           "other processes' bursts show up as spikes)")
     rounds, params = {"ours": [], "anyflow": [], "skyreels": []}, {}
     for repeat in range(args.repeats):
-        for name in rounds:
+        for name in ("ours", "anyflow", "ours", "skyreels"):
             started = time.perf_counter()
             if name == "ours":
                 run, params[name] = run_ours(cfg, text, frames)
@@ -414,7 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratios = {}
     for name in ("anyflow", "skyreels"):
         lo, hi = summary[name]["late_chunks"]
-        ours_same = window_median(runs["ours"]["seconds"], lo, hi - lo + 1)  # ours over the same chunks
+        ours_same = window_fastest(runs["ours"]["seconds"], lo, hi - lo + 1)  # ours over the same chunks
         ratios[f"{name}_late_over_ours"] = summary[name]["seconds_late"] / ours_same
         ratios[f"{name}_late_over_ours_late"] = summary[name]["seconds_late"] / summary["ours"]["seconds_late"]
     print("\nlate / early seconds per chunk: " + ", ".join(
