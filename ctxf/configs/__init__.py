@@ -1,0 +1,1 @@
+"""YAML presets shipped with the package (see ctxf.config.available_presets)."""
