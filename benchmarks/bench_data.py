@@ -15,13 +15,13 @@ ratios less. Prints the ratios and writes JSON and a PNG bar chart under `--out`
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench_report import pyplot, write_report
 from ctxf.config import load_config
 from ctxf.data.loader import ShardLoader
 from data_pipeline.clip_encoding import ClipEncoder
@@ -89,10 +89,7 @@ def write_shards(directory: Path, args) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [f"loader, {r['num_workers']} workers" for r in results["loader"]] + ["tiny trainer step"]
     values = [r["samples_per_second"] for r in results["loader"]] + [results["trainer"]["samples_per_second"]]
@@ -147,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loader, {r['num_workers']} workers: {r['samples_per_second']:8.1f} samples/s "
               f"(first batch after {r['first_batch_seconds']:.2f} s)  ratio to trainer "
               f"{results['ratios'][str(r['num_workers'])]:.1f}x")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_data.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.out / "bench_data.png")
-    print(f"wrote {args.out / 'bench_data.json'} and {args.out / 'bench_data.png'}")
+    write_report(args.out, "bench_data", results, lambda path: plot(results, path))
     return 0
 
 

@@ -28,6 +28,7 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from bench_report import pyplot, write_report
 from ctxf.config import load_config
 from ctxf.models.wan import WanDiT
 from ctxf.parallel.launch import LaunchInfo, init_distributed, shutdown
@@ -152,10 +153,7 @@ def run(job: str, world_size: int, options: dict) -> list[dict]:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     teacher = results["teacher"]
@@ -216,9 +214,7 @@ def main() -> None:
     print(f"\nWan2.1-1.3B at {args.world_size} GPUs (estimate; teacher sharded over 8, bf16, micro-batch 1)")
     print(table)
 
-    (out_dir / "bench_parallel.json").write_text(json.dumps(results, indent=2))
-    plot(results, out_dir / "bench_parallel.png")
-    print(f"\nwrote {out_dir / 'bench_parallel.json'} and {out_dir / 'bench_parallel.png'}")
+    write_report(out_dir, "bench_parallel", results, lambda path: plot(results, path), note="\n")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -62,6 +61,7 @@ from ctxf.models.flow_matching import sampling_timesteps
 from ctxf.models.wan import WanDiT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_report import pyplot, write_report  # noqa: E402
 from bench_streaming import streaming_run  # noqa: E402  (the benchmarks directory is not a package)
 
 # AnyFlow's attention is flex_attention; on CPU without torch.compile it runs the unfused
@@ -339,10 +339,7 @@ def print_table(summary: dict, params: dict, notes: dict, frame_seq_len: int) ->
 
 
 def plot(runs: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_time, ax_bytes, ax_tokens) = plt.subplots(1, 3, figsize=(15, 4))
     for name, run in runs.items():
@@ -432,11 +429,8 @@ def main(argv: list[str] | None = None) -> dict:
               "probe_chunk": probe, "repeats": args.repeats, "frame_seq_len": cfg.frame_seq_len,
               "threads": torch.get_num_threads(),
               "params": params, "notes": notes, "summary": summary, "ratios": ratios, "runs": runs}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "peers.json").write_text(json.dumps(report, indent=2))
-    plot(runs, out / "peers.png")
-    print(f"load average at the end {os.getloadavg()[0]:.1f}; wrote {out / 'peers.json'} and {out / 'peers.png'}")
+    write_report(args.out, "peers", report, lambda path: plot(runs, path),
+                 note=f"load average at the end {os.getloadavg()[0]:.1f}; ")
     return report
 
 

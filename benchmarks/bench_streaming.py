@@ -14,13 +14,13 @@ Prints ratios measured side by side in this run and writes JSON and a PNG plot.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from bench_report import pyplot, write_report
 from ctxf.config import load_config
 from ctxf.inference.generator import StreamingGenerator
 from ctxf.memory.cache import build_memory
@@ -112,11 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["ratios"]["speedup_vs_naive"][str(seconds)] = speedup
         print(f"  slow_fast vs naive recompute for a {seconds:.0f} s video: {speedup:.1f}x faster")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "streaming.json").write_text(json.dumps(report, indent=2))
-    plot(runs, out / "streaming.png")
-    print(f"wrote {out / 'streaming.json'} and {out / 'streaming.png'}")
+    write_report(args.out, "streaming", report, lambda path: plot(runs, path))
     return report
 
 
@@ -130,10 +126,7 @@ def _mean_around(values: list[float], index: int, count: int = 5) -> float:
 
 
 def plot(runs: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_time, ax_bytes) = plt.subplots(1, 2, figsize=(11, 4))
     for name, run in runs.items():
