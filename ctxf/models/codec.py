@@ -85,7 +85,7 @@ class WanVAECodec(VideoCodec):
         self.vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=dtype).to(device).eval()
         config = self.vae.config
         self.latent_channels = config.z_dim
-        self.spatial_stride = 2 ** sum(1 for _ in config.dim_mult[1:])
+        self.spatial_stride = 2 ** (len(config.dim_mult) - 1)
         self.temporal_stride = 2 ** sum(bool(t) for t in config.temperal_downsample)
         shape = (1, config.z_dim, 1, 1, 1)
         self.latents_mean = torch.tensor(config.latents_mean).view(shape)
