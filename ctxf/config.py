@@ -90,9 +90,6 @@ class MemoryConfig:
     rope_length: int = field(
         default=24, metadata=_help("bounded policies: RoPE time positions stay in [0, rope_length - 1]")
     )
-    keyframe_decision: str = field(
-        default="clean_refresh", metadata=_help("clean_refresh (ours) | per_layer (paper code, ablation)")
-    )
 
     @property
     def bounded_positions(self) -> bool:
@@ -221,10 +218,6 @@ class Config:
         mem, v = self.memory, self.video
         if mem.policy not in MEMORY_POLICIES:
             raise ConfigError(f"memory.policy={mem.policy!r}: choose one of {', '.join(MEMORY_POLICIES)}")
-        if mem.keyframe_decision not in ("clean_refresh", "per_layer"):
-            raise ConfigError(f"memory.keyframe_decision={mem.keyframe_decision!r}: clean_refresh or per_layer")
-        if mem.keyframe_decision == "per_layer":
-            raise ConfigError("memory.keyframe_decision=per_layer is not implemented yet; use clean_refresh")
         for name in ("num_sink_frames", "num_fast_frames", "num_slow_frames", "window_frames"):
             if getattr(mem, name) < 0:
                 raise ConfigError(f"memory.{name}={getattr(mem, name)} must be >= 0")
