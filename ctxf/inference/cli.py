@@ -82,14 +82,15 @@ def peak_memory_bytes(device: torch.device) -> int:
 def run(cfg: Config) -> dict:
     inf = cfg.inference
     device = resolve_device(inf.device)
+    # codec and text encoder first: a missing path fails before a large model is allocated
+    codec = build_codec(cfg.codec, device)
+    text = build_text_encoder(cfg.text, cfg.model.text_dim, device).encode([inf.prompt] * inf.batch_size)
     model = build_model(cfg.model, device, checkpoint=inf.checkpoint, seed=inf.seed)
     if not inf.checkpoint:
         print("note: no --checkpoint given, so the student has random weights (the tiny default's job is to "
               "exercise streaming, memory and video output, not to draw anything)", file=sys.stderr)
     param = next(model.parameters())
-    text = build_text_encoder(cfg.text, cfg.model.text_dim, device).encode([inf.prompt] * inf.batch_size)
     text = text.to(device=device, dtype=param.dtype)
-    codec = build_codec(cfg.codec, device)
     generator = StreamingGenerator(model, build_memory(cfg), cfg.diffusion, cfg.video.num_frames_per_block)
     latent_shape = (cfg.model.in_channels, cfg.video.latent_height, cfg.video.latent_width)
 
@@ -151,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.help_config:
         print(describe_fields(cfg))
         return 0
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except (ValueError, FileNotFoundError) as err:  # bad paths, checkpoints or shapes from the user
+        print(f"ctxf-generate: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {', '.join(summary['videos'])}: {summary['latent_frames']} latent frames = "
           f"{summary['video_seconds']:.1f} s of video, plus latents and generation.json in {cfg.inference.output_dir}")
     print(f"speed: {summary['fps']:.1f} frames/s ({summary['realtime_factor']:.2f}x real time) on "

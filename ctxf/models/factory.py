@@ -13,7 +13,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} requested but CUDA is not available; use device=cpu or auto")
+        raise ValueError(f"inference.device={name} requested but CUDA is not available; use cpu or auto")
     return device
 
 

@@ -49,3 +49,12 @@ def test_continues_a_prefix(tmp_path):
 def test_bad_config_exits_2_and_names_the_key(tmp_path, capsys):
     assert main(["--output-dir", str(tmp_path), "memory.polcy=full"]) == 2
     assert "memory.polcy" in capsys.readouterr().err
+
+
+def test_missing_weights_paths_fail_fast_with_one_line(tmp_path, capsys):
+    # the Wan preset without a VAE directory: refused before a 1.4B-parameter model is built
+    assert main(["--config", "wan1.3b", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "codec.vae_path" in err and "Traceback" not in err
+    assert main(["--output-dir", str(tmp_path), "--prefix-latents", str(tmp_path / "missing.npy")]) == 2
+    assert "prefix latents" in capsys.readouterr().err
