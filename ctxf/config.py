@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ctxf.data.config import DataConfig
+from ctxf.memory.policies import POLICY_BUILDERS, build_policy
 from ctxf.parallel.config import ParallelConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -71,7 +72,7 @@ class VideoConfig:
         return (self.latent_height // patch_h) * (self.latent_width // patch_w)
 
 
-MEMORY_POLICIES = ("slow_fast", "uniform", "full", "rolling", "sink_local", "infinity_rope")
+MEMORY_POLICIES = tuple(POLICY_BUILDERS)
 
 
 @dataclass
@@ -90,10 +91,6 @@ class MemoryConfig:
     rope_length: int = field(
         default=24, metadata=_help("bounded policies: RoPE time positions stay in [0, rope_length - 1]")
     )
-
-    @property
-    def bounded_positions(self) -> bool:
-        return self.policy in ("slow_fast", "uniform", "infinity_rope")
 
 
 @dataclass
@@ -228,12 +225,13 @@ class Config:
             raise ConfigError(f"memory.uniform_stride={mem.uniform_stride} must be >= 1")
         if not -1.0 <= mem.surprise_threshold <= 1.0:
             raise ConfigError(f"memory.surprise_threshold={mem.surprise_threshold} is a cosine: keep it in [-1, 1]")
-        if mem.bounded_positions:
-            needed = self.memory_capacity_frames() + v.num_frames_per_block
+        policy = build_policy(mem)
+        if policy.bounded_positions:
+            needed = policy.capacity_frames + v.num_frames_per_block
             if mem.rope_length < needed:
                 raise ConfigError(
                     f"memory.rope_length={mem.rope_length} is too short for policy {mem.policy}: the cache holds "
-                    f"{self.memory_capacity_frames()} frames plus a chunk of {v.num_frames_per_block}; "
+                    f"{policy.capacity_frames} frames plus a chunk of {v.num_frames_per_block}; "
                     f"set memory.rope_length >= {needed}")
             if mem.rope_length > self.model.rope_max_positions:
                 raise ConfigError(f"memory.rope_length={mem.rope_length} exceeds model.rope_max_positions="
@@ -251,14 +249,7 @@ class Config:
 
     def memory_capacity_frames(self) -> int | None:
         """Largest number of latent frames the student's cache holds (None: unbounded)."""
-        mem = self.memory
-        if mem.policy in ("slow_fast", "uniform"):
-            return mem.num_sink_frames + mem.num_slow_frames + mem.num_fast_frames
-        if mem.policy in ("sink_local", "infinity_rope"):
-            return mem.num_sink_frames + mem.window_frames
-        if mem.policy == "rolling":
-            return mem.window_frames
-        return None
+        return build_policy(self.memory).capacity_frames
 
 
 def _positive(cfg: Config, dotted: list[str]) -> None:

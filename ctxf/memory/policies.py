@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
-from ctxf.config import MemoryConfig
+if TYPE_CHECKING:  # ctxf.config asks this module for capacities, so it is imported for types only
+    from ctxf.config import MemoryConfig
 
 
 @dataclass
@@ -165,17 +167,19 @@ class UniformKeyframes(KeyframeRule):
         return (candidate.index - self.num_sink) % self.stride == 0
 
 
+POLICY_BUILDERS: dict[str, Callable[[MemoryConfig], MemoryPolicy]] = {
+    "slow_fast": lambda cfg: SlowFastMemory(cfg, SurprisalKeyframes(cfg.surprise_threshold)),
+    "uniform": lambda cfg: SlowFastMemory(cfg, UniformKeyframes(cfg.uniform_stride, cfg.num_sink_frames)),
+    "full": FullHistory,
+    "rolling": lambda cfg: SinkAndWindow(cfg, num_sink=0, window=cfg.window_frames, bounded=False),
+    "sink_local": lambda cfg: SinkAndWindow(cfg, num_sink=cfg.num_sink_frames, window=cfg.window_frames,
+                                            bounded=False),
+    "infinity_rope": lambda cfg: SinkAndWindow(cfg, num_sink=cfg.num_sink_frames, window=cfg.window_frames,
+                                               bounded=True),
+}
+
+
 def build_policy(cfg: MemoryConfig) -> MemoryPolicy:
-    if cfg.policy == "full":
-        return FullHistory(cfg)
-    if cfg.policy == "rolling":
-        return SinkAndWindow(cfg, num_sink=0, window=cfg.window_frames, bounded=False)
-    if cfg.policy == "sink_local":
-        return SinkAndWindow(cfg, num_sink=cfg.num_sink_frames, window=cfg.window_frames, bounded=False)
-    if cfg.policy == "infinity_rope":
-        return SinkAndWindow(cfg, num_sink=cfg.num_sink_frames, window=cfg.window_frames, bounded=True)
-    if cfg.policy == "slow_fast":
-        return SlowFastMemory(cfg, SurprisalKeyframes(cfg.surprise_threshold))
-    if cfg.policy == "uniform":
-        return SlowFastMemory(cfg, UniformKeyframes(cfg.uniform_stride, cfg.num_sink_frames))
-    raise ValueError(f"memory.policy={cfg.policy!r} is unknown")
+    if cfg.policy not in POLICY_BUILDERS:
+        raise ValueError(f"memory.policy={cfg.policy!r}: choose one of {', '.join(POLICY_BUILDERS)}")
+    return POLICY_BUILDERS[cfg.policy](cfg)

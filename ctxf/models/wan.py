@@ -122,19 +122,22 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, tokens: TokenBatch, past: tuple[KV, torch.Tensor, torch.Tensor] | None,
                 attend: AttentionFn) -> tuple[torch.Tensor, KV]:
-        # [1, 6, dim] + [B, F, 6, dim] -> six [B, F, dim] (shift, scale, gate) x (attention, ffn)
-        mod = (self.scale_shift_table + tokens.modulation).unbind(2)
-        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (_per_token(m, tokens.frame_index) for m in mod)
-        dtype = x.dtype
+        # [1, 6, dim] + [B, F, 6, dim]: (shift, scale, gate) of attention, then of the ffn, per frame
+        table = self.scale_shift_table + tokens.modulation
 
-        normed = (self.norm1(x.float()) * (1 + scale_a) + shift_a).to(dtype)
+        def per_token(index: int) -> torch.Tensor:
+            """One of the six, [B, F, dim] -> [B, S, dim], gathered only when it is used."""
+            return _per_token(table[:, :, index], tokens.frame_index)
+
+        dtype = x.dtype
+        normed = (self.norm1(x.float()) * (1 + per_token(1)) + per_token(0)).to(dtype)
         attn_out, kv = self.attn1(normed, tokens, past, attend)
-        x = (x.float() + attn_out * gate_a).to(dtype)
+        x = (x.float() + attn_out * per_token(2)).to(dtype)
 
         x = x + self.attn2(self.norm2(x.float()).to(dtype), tokens.text, attend)
 
-        normed = (self.norm3(x.float()) * (1 + scale_f) + shift_f).to(dtype)
-        x = (x.float() + self.ffn(normed).float() * gate_f).to(dtype)
+        normed = (self.norm3(x.float()) * (1 + per_token(4)) + per_token(3)).to(dtype)
+        x = (x.float() + self.ffn(normed).float() * per_token(5)).to(dtype)
         return x, kv
 
 
