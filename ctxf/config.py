@@ -22,6 +22,7 @@ import yaml
 from ctxf.data.config import DataConfig
 from ctxf.memory.policies import POLICY_BUILDERS, build_policy
 from ctxf.parallel.config import ParallelConfig
+from ctxf.stages.config import STAGE_NAMES, TeacherStageConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "tiny"
@@ -133,7 +134,29 @@ class InferenceConfig:
 
 
 @dataclass
+class LoRAConfig:
+    rank: int = field(default=0, metadata=_help("adapter rank on the trained role (0: train all weights)"))
+    alpha: float = field(default=0.0, metadata=_help("adapter scale alpha (scaling alpha / rank; 0: alpha = rank)"))
+    targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "ffn"],
+                               metadata=_help("module-name patterns of the adapted linear layers"))
+
+
+@dataclass
 class TrainConfig:
+    stage: str = field(default="teacher", metadata=_help(" | ".join(STAGE_NAMES)))
+    num_steps: int = field(default=60, metadata=_help("optimizer steps of the run"))
+    output_dir: str = field(default="outputs/train", metadata=_help("run directory: checkpoints, logs, samples"))
+    init_checkpoint: str = field(default="", metadata=_help("weights the trained model starts from "
+                                                            "(diffusers dir, Wan file or training step dir)"))
+    log_every: int = field(default=5, metadata=_help("steps between console / TensorBoard scalars"))
+    sample_every: int = field(default=30, metadata=_help("steps between logged samples (0: never)"))
+    checkpoint_every: int = field(default=30, metadata=_help("steps between checkpoints (the last step always saves)"))
+    keep_checkpoints: int = field(default=2, metadata=_help("complete checkpoints kept (older ones are deleted)"))
+    max_bad_steps: int = field(default=3, metadata=_help("abort after this many non-finite steps in a row"))
+    teacher_lr: float = field(default=1e-4, metadata=_help("stage-0 (teacher) AdamW learning rate"))
+    teacher_betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=_help("stage-0 betas"))
+    ema_decay: float = field(default=0.0, metadata=_help("EMA of the trained weights (0: off)"))
+    ema_start_step: int = field(default=0, metadata=_help("first step that updates the EMA"))
     global_batch_size: int = field(default=2, metadata=_help("samples per optimizer step over the whole job"))
     micro_batch_size: int = field(default=1, metadata=_help("samples per forward on one data-parallel rank"))
     precision: str = field(default="fp32", metadata=_help("fp32 | bf16 (bf16 needs CUDA or a recent CPU)"))
@@ -158,6 +181,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    teacher: TeacherStageConfig = field(default_factory=TeacherStageConfig)
 
     @property
     def frame_seq_len(self) -> int:
@@ -206,6 +231,7 @@ class Config:
         if self.train.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision={self.train.precision!r}: choose fp32 or bf16 (fp16 is not supported)")
         _positive(self, ["train.global_batch_size", "train.micro_batch_size"])
+        self._validate_training()
         self._validate_data()
         if self.inference.seconds <= 0:
             raise ConfigError(f"inference.seconds={self.inference.seconds} must be positive")
@@ -236,6 +262,37 @@ class Config:
             if mem.rope_length > self.model.rope_max_positions:
                 raise ConfigError(f"memory.rope_length={mem.rope_length} exceeds model.rope_max_positions="
                                   f"{self.model.rope_max_positions}")
+
+    def _validate_training(self) -> None:
+        train, lora, teacher = self.train, self.lora, self.teacher
+        if train.stage not in STAGE_NAMES:
+            close = difflib.get_close_matches(train.stage, STAGE_NAMES, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"train.stage={train.stage!r} is not a stage; choose one of "
+                              f"{', '.join(STAGE_NAMES)}{hint}")
+        _positive(self, ["train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                         "train.max_bad_steps", "teacher.num_target_frames", "teacher.slow_stride",
+                         "teacher.num_error_bins", "teacher.error_buffer_size", "teacher.sample_steps"])
+        if train.sample_every < 0:
+            raise ConfigError(f"train.sample_every={train.sample_every} must be >= 0 (0: no samples)")
+        if not 0.0 <= train.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay={train.ema_decay} must be in [0, 1) (0 turns the EMA off)")
+        if lora.rank < 0:
+            raise ConfigError(f"lora.rank={lora.rank} must be >= 0 (0: no adapter)")
+        if lora.rank and not lora.targets:
+            raise ConfigError("lora.targets is empty; name the adapted layers, e.g. [to_q, to_k, to_v, to_out.0, ffn]")
+        for name in ("num_sink_frames", "num_slow_frames", "num_recent_frames"):
+            if getattr(teacher, name) < 0:
+                raise ConfigError(f"teacher.{name}={getattr(teacher, name)} must be >= 0")
+        for name in ("error_recycling_prob", "noise_error_prob"):
+            if not 0.0 <= getattr(teacher, name) <= 1.0:
+                raise ConfigError(f"teacher.{name}={getattr(teacher, name)} is a probability: keep it in [0, 1]")
+        if train.stage == "teacher":
+            frames = teacher.num_sink_frames + teacher.num_recent_frames + teacher.num_target_frames
+            if self.data.num_frames and self.data.num_frames < frames:
+                raise ConfigError(f"data.num_frames={self.data.num_frames} is shorter than the teacher's sequence "
+                                  f"without slow context ({frames} = sink + recent + target); use longer windows "
+                                  f"(or 0: whole clips)")
 
     def _validate_data(self) -> None:
         data = self.data

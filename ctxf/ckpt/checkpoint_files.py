@@ -63,12 +63,20 @@ def read_checkpoint(path: str | Path, state_dict_key: str | None = None) -> Chec
     - a directory of safetensors shards without an index;
     - one `.safetensors`, `.pth`, `.pt`, `.bin` or `.ckpt` file (torch files load with weights_only).
 
+    - a ctxf training step directory (or a run directory: its newest complete step).
+
     `state_dict_key` picks the weights inside a torch file that holds several entries (for example
-    `generator_ema` in a Self-Forcing checkpoint).
+    `generator_ema` in a Self-Forcing checkpoint), or the role of a training step (`teacher`,
+    `student`, `critic`; `student_ema` for its EMA weights).
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    from ctxf.ckpt.training_weights import is_training_run, read_training_step
+
+    if is_training_run(path):
+        source, state_dict, _ = read_training_step(path, state_dict_key)
+        return Checkpoint(source, "diffusers", state_dict, None)
     config = None
     if path.is_dir():
         directory = _weights_directory(path)

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 @dataclass
 class DataConfig:
     shards: str = field(default="", metadata={"help": "shard source: paths, brace pattern, pipe: command or "
-                                                      "manifest.json; '::' joins several"})
+                                                      "manifest.json; '::' joins several; empty: the built-in "
+                                                      "curtain world, generated into data.cache_dir on first use"})
+    cache_dir: str = field(default="", metadata={"help": "where the built-in curtain shards are generated "
+                                                         "(empty: $XDG_CACHE_HOME/ctxf, else ~/.cache/ctxf)"})
+    default_clips: int = field(default=64, metadata={"help": "clips of the built-in curtain world"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     shuffle_buffer: int = field(default=64, metadata={"help": "samples held for shuffling (0: no shuffle)"})
     seed: int = field(default=0, metadata={"help": "shuffle seed; with the epoch it fixes the order"})

@@ -9,6 +9,8 @@ through it to about [1000, 937.5, 833.3, 625].
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ctxf.config import DiffusionConfig
@@ -46,3 +48,17 @@ def sampling_timesteps(cfg: DiffusionConfig) -> list[float]:
         return steps
     total = cfg.num_train_timesteps
     return [total * shift_sigma(s / total, cfg.shift) for s in steps]
+
+
+def training_weight(timestep: torch.Tensor, num_train_timesteps: float = 1000.0) -> torch.Tensor:
+    """Per-sample loss weight of a timestep: the bell over t that Wan's flow-matching training uses,
+    exp(-2 ((t - T/2) / T)^2), normalised so its mean over t uniform in [0, T] is 1."""
+    normalised = timestep.float() / num_train_timesteps - 0.5
+    # mean of exp(-2 u^2) for u uniform in [-1/2, 1/2] = sqrt(pi/2) * erf(1/sqrt(2))
+    mean = math.sqrt(math.pi / 2) * math.erf(1 / math.sqrt(2))
+    return torch.exp(-2 * normalised ** 2) / mean
+
+
+def sample_sigma(batch: int, shift: float, generator: torch.Generator) -> torch.Tensor:
+    """Training noise levels `[B]`: uniform in (0, 1), then shifted."""
+    return shift_sigma(torch.rand(batch, generator=generator), shift)

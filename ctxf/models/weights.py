@@ -50,6 +50,18 @@ def load_model_weights(model: WanDiT, path: str | Path | Checkpoint, state_dict_
     strictly. Raises ConfigError when its config.json disagrees with `model.cfg`, and
     CheckpointError listing missing, unexpected and wrongly shaped keys with the likely cause."""
     checkpoint = path if isinstance(path, Checkpoint) else read_checkpoint(path, state_dict_key)
+    model.load_state_dict(_fitting_state_dict(model, checkpoint), strict=True)
+
+
+def check_weights_fit(cfg: ModelConfig, path: str | Path, state_dict_key: str | None = None) -> None:
+    """Raise as `load_model_weights` would, without building real parameters (a meta-device model),
+    so a job can refuse a checkpoint of another geometry before it starts."""
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+    _fitting_state_dict(model, read_checkpoint(path, state_dict_key))
+
+
+def _fitting_state_dict(model: WanDiT, checkpoint: Checkpoint) -> StateDict:
     if checkpoint.config is not None:
         check_model_config(model.cfg, checkpoint.config, checkpoint.source)
     state_dict = checkpoint.diffusers_state_dict()
@@ -58,7 +70,7 @@ def load_model_weights(model: WanDiT, path: str | Path | Checkpoint, state_dict_
         hints = _diagnose(model.cfg, state_dict)
         raise CheckpointError(f"{checkpoint.source} ({checkpoint.format} format) does not fit the model:\n"
                               + "\n".join(problems) + ("\nLikely cause:\n" + "\n".join(hints) if hints else ""))
-    model.load_state_dict(state_dict, strict=True)
+    return state_dict
 
 
 def build_model_from_pretrained(path: str | Path, base: ModelConfig | None = None,

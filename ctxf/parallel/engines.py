@@ -37,7 +37,7 @@ from ctxf.parallel.context_parallel import ContextParallelModel
 from ctxf.parallel.ds_config import deepspeed_config
 from ctxf.parallel.topology import Topology
 
-ROLES = ("student", "critic")
+ROLES = ("student", "critic", "teacher")
 
 
 class DeepSpeedGroups:
@@ -88,3 +88,12 @@ def build_engine(model: nn.Module, role: str, config: Config, topology: Topology
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(config, topology.plan),
                                       mpu=DeepSpeedGroups(topology), dist_init_required=False)
     return engine
+
+
+def gather_parameters(module: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Whole copies (CPU) of the named parameters of a ZeRO-3 partitioned module, on every rank
+    (a collective: every rank must call it with the same names)."""
+    params = dict(module.named_parameters())
+    selected = [params[name] for name in names]
+    with deepspeed.zero.GatheredParameters(selected, modifier_rank=None):
+        return {name: params[name].detach().float().cpu().clone() for name in names}

@@ -45,6 +45,22 @@ def launch_info(environ: dict[str, str] | None = None) -> LaunchInfo:
                       master_port=int(first("MASTER_PORT", default="29500")))
 
 
+def configure_cpu_threads(info: LaunchInfo, environ: dict[str, str] | None = None) -> int:
+    """Without CUDA, share the cores among this node's ranks unless OMP_NUM_THREADS says otherwise
+    (the deepspeed launcher does not set it, and ranks fighting over threads run many times slower)."""
+    env = os.environ if environ is None else environ
+    if torch.cuda.is_available():
+        return torch.get_num_threads()
+    if "OMP_NUM_THREADS" in env:
+        threads = max(1, int(env["OMP_NUM_THREADS"]))
+    else:
+        local_ranks = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or env.get("SLURM_NTASKS_PER_NODE")
+                          or info.world_size)
+        threads = max(1, (os.cpu_count() or 1) // max(1, local_ranks))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def resolve_backend(name: str) -> str:
     """`auto` is nccl where CUDA exists, gloo otherwise."""
     if name == "auto":
