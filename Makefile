@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctxf-installed
 
-.PHONY: setup run test test-unit test-distributed bench dry-run clean
+.PHONY: setup run train generate test test-unit test-distributed bench dry-run clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,15 @@ $(STAMP): setup.py setup.cfg constraints.txt
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-run: setup
+# The front door: train the embedded default (stage 0 of the tiny model on the built-in curtain
+# world, 2 CPU ranks over gloo), then stream a short video from the checkpoint it wrote.
+run: train
+	$(VENV)/bin/ctxf-generate --checkpoint outputs/train/teacher --seconds 10 --output-dir outputs/generate
+
+train: setup
+	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus 2 ctxf/train.py --deepspeed ds_configs/zero3.json
+
+generate: setup
 	$(VENV)/bin/ctxf-generate
 
 test: setup

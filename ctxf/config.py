@@ -130,7 +130,10 @@ class InferenceConfig:
     output_dir: str = field(default="outputs/generate", metadata=_help("where video and latents go"))
     prefix_latents: str = field(default="", metadata=_help("continue these latents (.npy/.safetensors)"))
     device: str = field(default="auto", metadata=_help("auto | cpu | cuda"))
-    checkpoint: str = field(default="", metadata=_help("student weights (diffusers dir or Wan file)"))
+    checkpoint: str = field(default="", metadata=_help("student weights: diffusers dir, Wan file, or a training "
+                                                       "step / run directory"))
+    checkpoint_role: str = field(default="", metadata=_help("role taken from a training step: student, teacher, "
+                                                            "critic; add _ema for its EMA (empty: the trained role)"))
 
 
 @dataclass

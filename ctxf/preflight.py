@@ -22,13 +22,14 @@ class PreflightResult:
 
 
 def preflight(config: Config, resume: str, world_size: int) -> PreflightResult:
-    check_data(config, world_size)
     check_lora(config)
     if config.train.init_checkpoint:
         from ctxf.models.weights import check_weights_fit
 
         check_weights_fit(config.model, config.train.init_checkpoint)
-    return PreflightResult(resume_from=resume_step(config, resume))
+    resume_from = resume_step(config, resume)
+    check_data(config, world_size)
+    return PreflightResult(resume_from=resume_from)
 
 
 def check_data(config: Config, world_size: int) -> None:

@@ -87,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     return train(config, parallel_plan, checked, info)
 
 
-def train(config: Config, parallel_plan: ParallelPlan, checked: PreflightResult, info: LaunchInfo) -> int:
-    """Join the job, build everything, run the loop, leave (this function ends the process)."""
+def build_trainer(config: Config, parallel_plan: ParallelPlan, local_rank: int = 0):
+    """Topology, runtime, method (models and engines), loader and trainer of this rank; needs the
+    default process group (tests call this inside their workers)."""
     import torch
+    import torch.distributed as dist
 
     from ctxf.data.loader import ShardLoader
     from ctxf.parallel.context_parallel import ContextParallelModel
@@ -97,16 +99,28 @@ def train(config: Config, parallel_plan: ParallelPlan, checked: PreflightResult,
     from ctxf.parallel.topology import Topology
     from ctxf.stages import build_method
     from ctxf.stages.base import Runtime
-    from ctxf.trainer import Trainer, TrainingAborted
+    from ctxf.trainer import Trainer
 
-    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+ is deprecated", category=FutureWarning)
-    configure_cpu_threads(info)
-    info = init_distributed(config.parallel.backend, info)
     topology = Topology(parallel_plan, pad_sequence=config.parallel.pad_sequence)
-    device = torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     runtime = Runtime(config=config, device=device, data_parallel_rank=topology.data_parallel_rank,
                       build_engine=lambda model, role: build_engine(model, role, config, topology),
                       sequence_parallel=lambda model: ContextParallelModel(model, topology.context_parallel))
+    method = build_method(runtime)
+    loader = ShardLoader.from_config(config, rank=topology.data_parallel_rank,
+                                     world_size=parallel_plan.data_parallel_size)
+    return Trainer(config, method, loader, rank=dist.get_rank(), world_size=parallel_plan.world_size,
+                   gradient_accumulation_steps=parallel_plan.gradient_accumulation_steps,
+                   zero_group=topology.zero_group)
+
+
+def train(config: Config, parallel_plan: ParallelPlan, checked: PreflightResult, info: LaunchInfo) -> int:
+    """Join the job, build everything, run the loop, leave (this function ends the process)."""
+    from ctxf.trainer import TrainingAborted
+
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    configure_cpu_threads(info)
+    info = init_distributed(config.parallel.backend, info)
     if info.rank == 0:
         run_dir = Path(config.train.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,12 +128,7 @@ def train(config: Config, parallel_plan: ParallelPlan, checked: PreflightResult,
         print(f"training stage {config.train.stage}: {parallel_plan.world_size} ranks, "
               f"{config.train.num_steps} steps, global batch {parallel_plan.global_batch_size}, run dir {run_dir}",
               flush=True)
-    method = build_method(runtime)
-    loader = ShardLoader.from_config(config, rank=topology.data_parallel_rank,
-                                     world_size=parallel_plan.data_parallel_size)
-    trainer = Trainer(config, method, loader, rank=info.rank, world_size=parallel_plan.world_size,
-                      gradient_accumulation_steps=parallel_plan.gradient_accumulation_steps,
-                      zero_group=topology.zero_group)
+    trainer = build_trainer(config, parallel_plan, info.local_rank)
     try:
         result = trainer.run(checked.resume_from)
     except TrainingAborted as err:

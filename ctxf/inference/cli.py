@@ -36,7 +36,7 @@ from ctxf.tensor_files import load_tensor
 FLAG_TO_KEY = {"seconds": "inference.seconds", "memory": "memory.policy", "prompt": "inference.prompt",
                "output_dir": "inference.output_dir", "prefix_latents": "inference.prefix_latents",
                "checkpoint": "inference.checkpoint", "seed": "inference.seed", "device": "inference.device",
-               "batch_size": "inference.batch_size"}
+               "batch_size": "inference.batch_size", "role": "inference.checkpoint_role"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt", help="text prompt")
     parser.add_argument("--output-dir", help="where to write video, latents and summary")
     parser.add_argument("--prefix-latents", help="latents to continue: .safetensors or .npy, [C,F,H,W] or [B,C,F,H,W]")
-    parser.add_argument("--checkpoint", help="student weights: diffusers directory or Wan original file")
+    parser.add_argument("--checkpoint", help="weights: diffusers directory, Wan original file, or a training step "
+                                             "or run directory")
+    parser.add_argument("--role", help="with a training checkpoint: student, teacher or critic (+ _ema)")
     parser.add_argument("--seed", type=int, help="noise seed")
     parser.add_argument("--device", help="auto | cpu | cuda")
     parser.add_argument("--batch-size", type=int, help="videos generated side by side")
@@ -85,7 +87,8 @@ def run(cfg: Config) -> dict:
     # codec and text encoder first: a missing path fails before a large model is allocated
     codec = build_codec(cfg.codec, device)
     text = build_text_encoder(cfg.text, cfg.model.text_dim, device).encode([inf.prompt] * inf.batch_size)
-    model = build_model(cfg.model, device, checkpoint=inf.checkpoint, seed=inf.seed)
+    model = build_model(cfg.model, device, checkpoint=inf.checkpoint, seed=inf.seed,
+                        checkpoint_key=inf.checkpoint_role or None)
     if not inf.checkpoint:
         print("note: no --checkpoint given, so the student has random weights (the tiny default's job is to "
               "exercise streaming, memory and video output, not to draw anything)", file=sys.stderr)

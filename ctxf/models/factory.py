@@ -22,7 +22,8 @@ def model_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cfg.dtype == "bfloat16" and device.type == "cuda" else torch.float32
 
 
-def build_model(cfg: ModelConfig, device: torch.device, checkpoint: str = "", seed: int = 0):
+def build_model(cfg: ModelConfig, device: torch.device, checkpoint: str = "", seed: int = 0,
+                checkpoint_key: str | None = None):
     from ctxf.models.wan import WanDiT
 
     torch.manual_seed(seed)
@@ -30,5 +31,5 @@ def build_model(cfg: ModelConfig, device: torch.device, checkpoint: str = "", se
     if checkpoint:
         from ctxf.models.weights import load_model_weights
 
-        load_model_weights(model, checkpoint)
+        load_model_weights(model, checkpoint, checkpoint_key)
     return model.to(device=device, dtype=model_dtype(cfg, device)).eval()
