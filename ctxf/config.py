@@ -22,7 +22,7 @@ import yaml
 from ctxf.data.config import DataConfig
 from ctxf.memory.policies import POLICY_BUILDERS, build_policy
 from ctxf.parallel.config import ParallelConfig
-from ctxf.stages.config import STAGE_NAMES, TeacherStageConfig
+from ctxf.stages.config import STAGE_NAMES, TEACHER_CONTEXTS, DistillConfig, TeacherStageConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "tiny"
@@ -186,6 +186,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     teacher: TeacherStageConfig = field(default_factory=TeacherStageConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def frame_seq_len(self) -> int:
@@ -235,6 +236,7 @@ class Config:
             raise ConfigError(f"train.precision={self.train.precision!r}: choose fp32 or bf16 (fp16 is not supported)")
         _positive(self, ["train.global_batch_size", "train.micro_batch_size"])
         self._validate_training()
+        self._validate_distill()
         self._validate_data()
         if self.inference.seconds <= 0:
             raise ConfigError(f"inference.seconds={self.inference.seconds} must be positive")
@@ -296,6 +298,42 @@ class Config:
                 raise ConfigError(f"data.num_frames={self.data.num_frames} is shorter than the teacher's sequence "
                                   f"without slow context ({frames} = sink + recent + target); use longer windows "
                                   f"(or 0: whole clips)")
+
+    def _validate_distill(self) -> None:
+        """The distillation stages' sizes: whole chunks, a window inside every rollout, a bounded
+        memory whose RoPE range holds the teacher's [memory | window] sequence."""
+        train, dist, block = self.train, self.distill, self.video.num_frames_per_block
+        if train.stage in ("teacher",):
+            return
+        _positive(self, ["distill.window_frames", "distill.generator_every", "distill.ode_solver_substeps"])
+        names = ["window_frames"]
+        if train.stage in ("context_dmd", "longlive"):
+            names += ["min_rollout_frames", "rollout_frames_start", "rollout_frames_end"]
+        for name in names:
+            value = getattr(dist, name)
+            if value % block:
+                raise ConfigError(f"distill.{name}={value} is not a whole number of chunks of "
+                                  f"video.num_frames_per_block={block}; use a multiple of {block}")
+        if train.stage in ("context_dmd", "longlive"):
+            if not dist.window_frames <= dist.min_rollout_frames <= dist.rollout_frames_start <= dist.rollout_frames_end:
+                raise ConfigError(f"distill: need window_frames ({dist.window_frames}) <= min_rollout_frames "
+                                  f"({dist.min_rollout_frames}) <= rollout_frames_start ({dist.rollout_frames_start}) "
+                                  f"<= rollout_frames_end ({dist.rollout_frames_end})")
+            if dist.rollout_growth_steps < 0:
+                raise ConfigError(f"distill.rollout_growth_steps={dist.rollout_growth_steps} must be >= 0")
+        if dist.teacher_context not in TEACHER_CONTEXTS:
+            raise ConfigError(f"distill.teacher_context={dist.teacher_context!r}: choose one of "
+                              f"{', '.join(TEACHER_CONTEXTS)}")
+        if not 0 <= dist.min_timestep < dist.max_timestep <= self.diffusion.num_train_timesteps:
+            raise ConfigError(f"distill.min_timestep={dist.min_timestep}, max_timestep={dist.max_timestep}: need "
+                              f"0 <= min < max <= {self.diffusion.num_train_timesteps}")
+        policy = build_policy(self.memory)
+        if train.stage == "context_dmd" and dist.teacher_context == "memory" and policy.bounded_positions:
+            needed = policy.capacity_frames + dist.window_frames
+            if self.memory.rope_length < needed:
+                raise ConfigError(f"memory.rope_length={self.memory.rope_length} cannot place the teacher's memory "
+                                  f"context ({policy.capacity_frames} frames) before a window of "
+                                  f"{dist.window_frames}: set memory.rope_length >= {needed}")
 
     def _validate_data(self) -> None:
         data = self.data

@@ -96,6 +96,7 @@ def build_trainer(config: Config, parallel_plan: ParallelPlan, local_rank: int =
     from ctxf.data.loader import ShardLoader
     from ctxf.parallel.context_parallel import ContextParallelModel
     from ctxf.parallel.engines import build_engine
+    from ctxf.parallel.teacher import FrozenTeacher
     from ctxf.parallel.topology import Topology
     from ctxf.stages import build_method
     from ctxf.stages.base import Runtime
@@ -105,7 +106,8 @@ def build_trainer(config: Config, parallel_plan: ParallelPlan, local_rank: int =
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     runtime = Runtime(config=config, device=device, data_parallel_rank=topology.data_parallel_rank,
                       build_engine=lambda model, role: build_engine(model, role, config, topology),
-                      sequence_parallel=lambda model: ContextParallelModel(model, topology.context_parallel))
+                      sequence_parallel=lambda model: ContextParallelModel(model, topology.context_parallel),
+                      frozen_teacher=lambda model: FrozenTeacher(model, topology))
     method = build_method(runtime)
     loader = ShardLoader.from_config(config, rank=topology.data_parallel_rank,
                                      world_size=parallel_plan.data_parallel_size)

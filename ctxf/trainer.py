@@ -75,8 +75,9 @@ class Trainer:
         self.run_dir = Path(config.train.output_dir)
         self.checkpoints_dir = self.run_dir / "checkpoints"
         train = config.train
-        self.emas = {role: PartitionedEMA(engine.module, train.ema_decay, zero_group)
-                     for role, engine in method.engines.items()} if train.ema_decay > 0 else {}
+        ema_roles = method.ema_roles if method.ema_roles is not None else tuple(method.engines)
+        self.emas = {role: PartitionedEMA(method.engines[role].module, train.ema_decay, zero_group)
+                     for role in ema_roles} if train.ema_decay > 0 else {}
         self.step = 0
         self.skipped_steps = 0
         self.bad_in_row = 0
@@ -169,12 +170,14 @@ class Trainer:
             samples += len(batch)
             for name, value in self.method.train_step(batch, self.step, micro).items():
                 totals[name] = totals.get(name, 0.0) + value / self.accumulation
-        applied = all(engine.was_step_applied() for engine in self.method.engines.values())
+        stepped = self._stepped_engines(self.step)
+        applied = all(engine.was_step_applied() for engine in stepped.values())
         if applied and self.step + 1 >= self.config.train.ema_start_step:
-            for ema in self.emas.values():
-                ema.update()
+            for role, ema in self.emas.items():
+                if role in stepped:
+                    ema.update()
         elapsed = time.perf_counter() - started
-        engine = next(iter(self.method.engines.values()))
+        engine = next(iter(stepped.values()))
         metrics = {**totals, **{f"time/{k}": v for k, v in self.method.take_phase_seconds().items()},
                    "time/data": data_seconds, "time/step": elapsed, "samples_per_s": samples / elapsed,
                    "lr": float(engine.get_lr()[0]), "memory/peak_mb": _peak_memory_mb(),
@@ -183,8 +186,14 @@ class Trainer:
         metrics["grad_norm"] = float(norm) if norm is not None else 0.0
         return metrics, batch
 
+    def _stepped_engines(self, step: int) -> dict:
+        """The engines whose optimizer stepped at `step` (`method.stepped_roles`)."""
+        return {role: self.method.engines[role] for role in self.method.stepped_roles(step)}
+
     def _guard(self, local_loss: float) -> None:
-        applied = all(engine.was_step_applied() for engine in self.method.engines.values())
+        """Called once `self.step` counts the step just run."""
+        stepped = self._stepped_engines(self.step - 1)
+        applied = all(engine.was_step_applied() for engine in stepped.values())
         if applied:
             self.bad_in_row = 0
             return
@@ -194,7 +203,7 @@ class Trainer:
         if culprits:
             what = ", ".join(f"rank {rank} loss {value}" for rank, value in culprits)
         else:
-            norm = next(iter(self.method.engines.values())).get_global_grad_norm()
+            norm = next(iter(stepped.values())).get_global_grad_norm()
             what = f"gradient norm {norm} (losses finite)"
         message = (f"step {self.step}: non-finite {what}; the optimizer step was skipped on all ranks "
                    f"({self.bad_in_row} in a row, {self.skipped_steps} in total)")

@@ -6,6 +6,11 @@ For every chunk of `num_frames_per_block` latent frames:
    with fresh noise to the next timestep, as Self-Forcing samples);
 3. one more pass at the context-noise timestep (0: clean) computes the chunk's keys/values,
    which `memory.append()` stores and the memory's policy may later evict.
+
+Training rolls the student out through this same `generate_chunk` (ctxf.stages.rollout): a chunk
+may stop at an earlier `exit_step` of the schedule and keep the autograd graph of that one
+forward (`with_grad`); every other forward, and the refresh pass, runs without gradient.
+Inference is the case exit_step = last, with_grad = False.
 """
 
 from __future__ import annotations
@@ -56,30 +61,34 @@ class StreamingGenerator:
             chunk = latents[:, :, start:start + self.num_frames_per_block]
             self._refresh(chunk, text, self.memory.view(chunk.shape[2]))
 
-    @torch.no_grad()
-    def generate_chunk(self, text: torch.Tensor, latent_shape: tuple[int, int, int],
-                       generator: torch.Generator) -> torch.Tensor:
-        """Denoise the next chunk; returns its clean latents `[B, C, num_frames_per_block, H, W]`."""
+    def generate_chunk(self, text: torch.Tensor, latent_shape: tuple[int, int, int], generator: torch.Generator,
+                       exit_step: int | None = None, with_grad: bool = False) -> torch.Tensor:
+        """Denoise the next chunk; returns its clean latents `[B, C, num_frames_per_block, H, W]`.
+
+        `exit_step`: index into the few-step schedule whose x0 prediction is the chunk (None: the
+        last step). `with_grad`: that one forward keeps its autograd graph."""
         started = time.perf_counter()
         batch = text.shape[0]
         channels, height, width = latent_shape
         frames = self.num_frames_per_block
         param = next(self.model.parameters())
         view = self.memory.view(frames)
+        last = len(self.timesteps) - 1 if exit_step is None else exit_step
 
         def noise() -> torch.Tensor:
             sample = torch.randn(batch, channels, frames, height, width, generator=generator)
             return sample.to(device=param.device, dtype=param.dtype)
 
         x = noise()
-        for step, timestep in enumerate(self.timesteps):
+        for step, timestep in enumerate(self.timesteps[:last + 1]):
             t = torch.full((batch,), timestep, device=param.device)
-            x0 = predict_x0(x, self.model(x, t, text, memory=view), t / self.total)
-            if step + 1 < len(self.timesteps):
+            with torch.set_grad_enabled(with_grad and step == last):
+                x0 = predict_x0(x, self.model(x, t, text, memory=view), t / self.total)
+            if step < last:
                 x = add_noise(x0, noise(), torch.full((batch,), self.timesteps[step + 1] / self.total,
                                                       device=param.device))
         first_frame = self.memory.num_frames_seen
-        self._refresh(x0, text, view)
+        self._refresh(x0.detach(), text, view)
         positions = torch.cat([view.key_frame_positions, view.query_frame_positions])
         self.stats.append(ChunkStats(index=len(self.stats), first_frame=first_frame, num_frames=frames,
                                      seconds=time.perf_counter() - started,
@@ -99,6 +108,7 @@ class StreamingGenerator:
             produced += keep
             yield chunk[:, :, :keep]
 
+    @torch.no_grad()
     def _refresh(self, clean: torch.Tensor, text: torch.Tensor, view) -> None:
         batch, frames = clean.shape[0], clean.shape[2]
         context_t = torch.full((batch,), float(self.diffusion.context_noise), device=clean.device)

@@ -62,3 +62,10 @@ def training_weight(timestep: torch.Tensor, num_train_timesteps: float = 1000.0)
 def sample_sigma(batch: int, shift: float, generator: torch.Generator) -> torch.Tensor:
     """Training noise levels `[B]`: uniform in (0, 1), then shifted."""
     return shift_sigma(torch.rand(batch, generator=generator), shift)
+
+
+def sample_dmd_timestep(batch: int, shift: float, generator: torch.Generator, min_timestep: float,
+                        max_timestep: float, num_train_timesteps: float = 1000.0) -> torch.Tensor:
+    """DMD's timesteps `[B]`: uniform in (0, T), shifted, clamped to [min_timestep, max_timestep]."""
+    sigma = shift_sigma(torch.rand(batch, generator=generator), shift)
+    return (sigma * num_train_timesteps).clamp(min_timestep, max_timestep)

@@ -14,6 +14,22 @@ def method_class(stage: str):
         from ctxf.stages.teacher import ContextTeacher
 
         return ContextTeacher
+    if stage in ("local_dmd", "self_forcing"):
+        from ctxf.stages.dmd import LocalDMD
+
+        return LocalDMD
+    if stage == "context_dmd":
+        from ctxf.stages.dmd import ContextDMD
+
+        return ContextDMD
+    if stage == "longlive":
+        from ctxf.stages.dmd import LongLive
+
+        return LongLive
+    if stage == "ode_init":
+        from ctxf.stages.ode_init import ODEInit
+
+        return ODEInit
     raise ValueError(f"train.stage={stage!r}: choose one of {', '.join(STAGE_NAMES)}")
 
 

@@ -7,6 +7,8 @@ checkpoints, signals, logging.
 
     method.train_step(batch, step, micro) -> metrics    one micro-batch: forward, backward, engine step
     method.engines                                      {role: DeepSpeed engine} it trains
+    method.stepped_roles(step)                          the roles whose optimizer steps at `step` (default all)
+    method.ema_roles                                    the roles the trainer keeps an EMA of (default all)
     method.sample(batch) -> latents or None             a short clip for the logs (every rank runs it)
     method.state_dict() / load_state_dict(state)        per-rank algorithm state for exact resume
 """
@@ -34,6 +36,7 @@ class Runtime:
     data_parallel_rank: int
     build_engine: Callable[[nn.Module, str], Any]  # (model, role) -> a DeepSpeed engine
     sequence_parallel: Callable[[nn.Module], nn.Module]  # WanDiT -> the same model, sequence-sharded
+    frozen_teacher: Callable[[nn.Module], Any] | None = None  # WanDiT -> a frozen, sharded, no-grad teacher
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -62,6 +65,7 @@ class TrainingMethod:
         self.config = runtime.config
         self.engines: dict[str, Any] = {}
         self.lora_roles: dict[str, dict] = {}  # role -> {"rank", "alpha", "targets"} for adapted roles
+        self.ema_roles: tuple[str, ...] | None = None  # None: every engine
         self.phase_seconds: dict[str, float] = defaultdict(float)
 
     @contextmanager
@@ -79,6 +83,11 @@ class TrainingMethod:
             engine.backward(loss)
         with self.phase("optimizer"):
             engine.step()
+
+    def stepped_roles(self, step: int) -> tuple[str, ...]:
+        """Roles whose engine takes a backward and an optimizer step at `step` (e.g. DMD's
+        generator trains every Nth step only)."""
+        return tuple(self.engines)
 
     def take_phase_seconds(self) -> dict[str, float]:
         seconds, self.phase_seconds = dict(self.phase_seconds), defaultdict(float)

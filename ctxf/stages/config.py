@@ -1,4 +1,5 @@
-"""Schema of the stage sections of the config: which method trains, and stage 0's settings.
+"""Schema of the stage sections of the config: which method trains, stage 0's settings (`teacher`)
+and the distillation stages' (`distill`).
 
 Kept apart from the methods themselves so that `ctxf.config` can check a stage name and its
 numbers without importing any model or process-group code.
@@ -8,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# train.stage values, in the order of the recipe; the registry (ctxf.stages) maps them to methods
-STAGE_NAMES = ("teacher",)
+# train.stage values, in the order of the recipe, then the baselines trained by the same code;
+# the registry (ctxf.stages) maps them to methods
+STAGE_NAMES = ("teacher", "ode_init", "local_dmd", "context_dmd", "self_forcing", "longlive")
+# stages that need a frozen teacher (distill.teacher_checkpoint) besides the trained student
+TEACHER_STAGES = ("ode_init", "local_dmd", "context_dmd", "self_forcing", "longlive")
+TEACHER_CONTEXTS = ("memory", "contiguous", "full")
 
 
 def _help(text: str) -> dict:
@@ -34,3 +39,35 @@ class TeacherStageConfig:
     num_error_bins: int = field(default=10, metadata=_help("timestep bins of the error buffers"))
     error_buffer_size: int = field(default=64, metadata=_help("latent frames of error kept per bin"))
     sample_steps: int = field(default=8, metadata=_help("Euler steps of the logged sample"))
+
+
+@dataclass
+class DistillConfig:
+    """ODE initialisation and distribution-matching distillation of the causal student (stages
+    ode_init, local_dmd, context_dmd and the self_forcing / longlive baselines)."""
+
+    teacher_checkpoint: str = field(default="", metadata=_help(
+        "the frozen teacher: a stage-0 run or step directory (its LoRA merged), a diffusers directory or a Wan "
+        "file; the critic starts from it too"))
+    window_frames: int = field(default=21, metadata=_help("latent frames of the DMD window (the last of a rollout)"))
+    min_rollout_frames: int = field(default=21, metadata=_help(
+        "context_dmd / longlive: shortest rollout drawn (whole chunks, >= window_frames)"))
+    rollout_frames_start: int = field(default=84, metadata=_help(
+        "context_dmd / longlive: longest rollout at step 0 (each step draws uniformly up to the current longest)"))
+    rollout_frames_end: int = field(default=105, metadata=_help(
+        "context_dmd / longlive: longest rollout after rollout_growth_steps (linear growth)"))
+    rollout_growth_steps: int = field(default=600, metadata=_help("steps over which the longest rollout grows"))
+    teacher_context: str = field(default="memory", metadata=_help(
+        "context_dmd: what the teacher and critic see before the target: memory (the student memory's frames at "
+        "its positions) | contiguous (the frames right before the target) | full (the whole history)"))
+    contiguous_frames: int = field(default=21, metadata=_help("teacher_context=contiguous: frames before the target"))
+    teacher_guidance: float = field(default=3.0, metadata=_help(
+        "classifier-free guidance scale of the teacher (unconditional: the empty caption)"))
+    generator_every: int = field(default=5, metadata=_help(
+        "the student (generator) trains every Nth step, the critic every step"))
+    min_timestep: float = field(default=20.0, metadata=_help("DMD timesteps are clamped to [min, max]"))
+    max_timestep: float = field(default=980.0, metadata=_help("DMD timesteps are clamped to [min, max]"))
+    ode_shards: str = field(default="", metadata=_help(
+        "ode_init: shards of teacher ODE trajectories (python -m data_pipeline.make_ode_pairs writes them)"))
+    ode_solver_substeps: int = field(default=8, metadata=_help(
+        "make_ode_pairs: Euler steps of the teacher between two consecutive denoising steps"))
