@@ -23,6 +23,7 @@ class PreflightResult:
 
 def preflight(config: Config, resume: str, world_size: int) -> PreflightResult:
     check_lora(config)
+    check_teacher(config)
     if config.train.init_checkpoint:
         from ctxf.models.weights import check_weights_fit
 
@@ -30,6 +31,24 @@ def preflight(config: Config, resume: str, world_size: int) -> PreflightResult:
     resume_from = resume_step(config, resume)
     check_data(config, world_size)
     return PreflightResult(resume_from=resume_from)
+
+
+def check_teacher(config: Config) -> None:
+    """The distillation stages need the frozen teacher's weights, of this model's geometry."""
+    from ctxf.stages.config import TEACHER_STAGES
+
+    stage, path = config.train.stage, config.distill.teacher_checkpoint
+    if stage not in TEACHER_STAGES:
+        return
+    if not path:
+        raise ConfigError(f"train.stage={stage} distils a frozen teacher: set distill.teacher_checkpoint to the "
+                          f"stage-0 run directory (e.g. outputs/train/teacher) or to teacher weights")
+    if not Path(path).exists():
+        raise ConfigError(f"distill.teacher_checkpoint={path} does not exist: train stage 0 first "
+                          f"(train.stage=teacher) or point it at a run directory or weights")
+    from ctxf.models.weights import check_weights_fit
+
+    check_weights_fit(config.model, path)
 
 
 def check_data(config: Config, world_size: int) -> None:
