@@ -37,7 +37,7 @@ def _full(engine) -> dict[str, torch.Tensor]:
     return gather_parameters(module, [name for name, _ in module.named_parameters()])
 
 
-def train_stage(config) -> dict:
+def train_stage(config, resume_from=None) -> dict:
     from ctxf.train import build_trainer
 
     trainer = build_trainer(config, plan(2, config))
@@ -50,11 +50,11 @@ def train_stage(config) -> dict:
         original = method.rollout_frames
 
         def recording(step):
-            frames.append(original(step))
-            return frames[-1]
+            frames.append((step, original(step)))
+            return frames[-1][1]
 
         method.rollout_frames = recording
-    result = trainer.run()
+    result = trainer.run(resume_from)
     after = {role: _full(engine) for role, engine in method.engines.items()}
     changed = {role: sum(not torch.equal(before[role][k], after[role][k]) for k in before[role])
                for role in before}
@@ -67,7 +67,7 @@ def train_stage(config) -> dict:
 def _check(results, trained_roles):
     for rank_result in results:
         assert rank_result["status"] == "complete"
-        assert all(math.isfinite(v) for v in rank_result["losses"].values()) and len(rank_result["losses"]) == 2
+        assert all(math.isfinite(v) for v in rank_result["losses"].values()) and len(rank_result["losses"]) >= 2
         for role in trained_roles:
             # every parameter of a trained role moves (AdamW's first step moves each by ~lr)
             assert rank_result["changed"][role] == rank_result["num_params"][role], role
@@ -80,7 +80,7 @@ def test_local_dmd_presets(preset, tmp_path):
     results = run_workers(2, train_stage, _config(preset, tmp_path), timeout=180)
     _check(results, ["student", "critic"])
     assert results[0]["ema_roles"] == ["student"]
-    assert results[0]["rollout_frames"] == [9, 9]
+    assert results[0]["rollout_frames"] == [(0, 9), (1, 9)]
 
 
 @pytest.mark.parametrize("preset, extra", [
@@ -100,3 +100,17 @@ def test_context_dmd_full_history_with_context_parallelism(tmp_path):
                      "parallel.context_parallel_degree=2")
     results = run_workers(2, train_stage, config, timeout=180)
     _check(results, ["student", "critic"])
+
+
+def test_resuming_mid_curriculum_continues_it_exactly(tmp_path):
+    """4 steps straight vs 2 steps, then a resumed run: the same rollout lengths and per-step losses."""
+    base = ("train.num_steps=4", "train.checkpoint_every=2", "distill.rollout_growth_steps=4",
+            "distill.rollout_frames_start=9", "distill.rollout_frames_end=27")
+    straight = run_workers(2, train_stage, _config("tiny_context_dmd", tmp_path, *base), timeout=240)[0]
+    step_two = tmp_path / "run" / "checkpoints" / "step_00000002"
+    resumed_config = _config("tiny_context_dmd", tmp_path, *base, f"train.output_dir={tmp_path / 'resumed'}")
+    resumed = run_workers(2, train_stage, resumed_config, step_two, timeout=240)[0]
+    assert [frames for step, frames in resumed["rollout_frames"]] == [f for s, f in straight["rollout_frames"] if s >= 2]
+    assert [step for step, _ in resumed["rollout_frames"]] == [2, 3]
+    assert sorted(resumed["losses"]) == [3, 4]
+    assert resumed["losses"] == {step: straight["losses"][step] for step in (3, 4)}
