@@ -321,6 +321,9 @@ class Config:
                                   f"<= rollout_frames_end ({dist.rollout_frames_end})")
             if dist.rollout_growth_steps < 0:
                 raise ConfigError(f"distill.rollout_growth_steps={dist.rollout_growth_steps} must be >= 0")
+        if train.stage == "ode_init" and self.data.num_frames:
+            raise ConfigError(f"data.num_frames={self.data.num_frames}: ode_init reads whole trajectories; set "
+                              f"data.num_frames=0")
         if dist.teacher_context not in TEACHER_CONTEXTS:
             raise ConfigError(f"distill.teacher_context={dist.teacher_context!r}: choose one of "
                               f"{', '.join(TEACHER_CONTEXTS)}")

@@ -60,7 +60,11 @@ def check_data(config: Config, world_size: int) -> None:
     try:
         urls = expand_shards(config.data.shards)
     except ShardSourceError as err:
-        raise ShardSourceError(f"data.shards: {err}") from err
+        hint = ""
+        if config.train.stage == "ode_init":
+            hint = ("; ode_init trains on the teacher's ODE trajectories: write them first with python -m "
+                    "data_pipeline.make_ode_pairs --config <this config> --out <dir>")
+        raise ShardSourceError(f"data.shards: {err}{hint}") from err
     data_parallel = world_size // config.parallel.context_parallel_degree
     if len(urls) < data_parallel:
         raise ShardSourceError(f"data.shards names {len(urls)} shards for {data_parallel} data-parallel ranks; each "

@@ -67,7 +67,5 @@ class DistillConfig:
         "the student (generator) trains every Nth step, the critic every step"))
     min_timestep: float = field(default=20.0, metadata=_help("DMD timesteps are clamped to [min, max]"))
     max_timestep: float = field(default=980.0, metadata=_help("DMD timesteps are clamped to [min, max]"))
-    ode_shards: str = field(default="", metadata=_help(
-        "ode_init: shards of teacher ODE trajectories (python -m data_pipeline.make_ode_pairs writes them)"))
     ode_solver_substeps: int = field(default=8, metadata=_help(
         "make_ode_pairs: Euler steps of the teacher between two consecutive denoising steps"))

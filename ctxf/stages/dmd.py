@@ -31,7 +31,7 @@ from ctxf.models.wan import WanDiT
 from ctxf.models.weights import load_model_weights
 from ctxf.stages.base import Runtime, TrainingMethod
 from ctxf.stages.losses import critic_flow_loss, dmd_generator_loss
-from ctxf.stages.rollout import draw_exit_steps, roll_out
+from ctxf.stages.rollout import draw_exit_steps, roll_out, stream_sample
 from ctxf.stages.teacher_context import ScoredInput, scored_input
 
 STUDENT, CRITIC = "student", "critic"
@@ -174,12 +174,8 @@ class DistributionMatching(TrainingMethod):
 
     @torch.no_grad()
     def sample(self, batch: Batch) -> torch.Tensor:
-        """[1, C, window, H, W]: the student streams a window for the first prompt (every rank runs it)."""
-        cfg = self.config
         text = batch.text[:1].to(self.runtime.device, self.runtime.compute_dtype)
-        self.generator.reset()
-        chunks = list(self.generator.stream(cfg.distill.window_frames, text, self.latent_shape, seed=cfg.train.seed))
-        return torch.cat(chunks, dim=2).float().cpu()
+        return stream_sample(self.generator, text, self.config)
 
 
 class LocalDMD(DistributionMatching):

@@ -85,3 +85,13 @@ def _snapshot(generator: StreamingGenerator, window_frames: int) -> MemorySnapsh
     return MemorySnapshot(frame_indices=memory.frame_indices, segments=memory.segments,
                           key_positions=view.key_frame_positions.clone(),
                           window_positions=view.query_frame_positions.clone())
+
+
+@torch.no_grad()
+def stream_sample(generator: StreamingGenerator, text: torch.Tensor, cfg) -> torch.Tensor:
+    """[1, C, window, H, W] for the training logs: the student streams `distill.window_frames`
+    frames for `text` (one prompt) with the training seed; every rank runs it (ZeRO-3 gathers)."""
+    generator.reset()
+    shape = (cfg.model.in_channels, cfg.video.latent_height, cfg.video.latent_width)
+    chunks = list(generator.stream(cfg.distill.window_frames, text, shape, seed=cfg.train.seed))
+    return torch.cat(chunks, dim=2).float().cpu()

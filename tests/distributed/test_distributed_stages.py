@@ -61,7 +61,7 @@ def train_stage(config, resume_from=None) -> dict:
     teacher_same = all(torch.equal(v, teacher.model.state_dict()[k]) for k, v in teacher_before.items())
     return {"losses": result.losses, "changed": changed, "teacher_same": teacher_same,
             "num_params": {role: len(p) for role, p in before.items()}, "rollout_frames": frames,
-            "ema_roles": sorted(trainer.emas), "status": result.status}
+            "ema_roles": sorted(trainer.emas), "status": result.status, "student_before": before.get("student")}
 
 
 def _check(results, trained_roles):
@@ -114,3 +114,25 @@ def test_resuming_mid_curriculum_continues_it_exactly(tmp_path):
     assert [step for step, _ in resumed["rollout_frames"]] == [2, 3]
     assert sorted(resumed["losses"]) == [3, 4]
     assert resumed["losses"] == {step: straight["losses"][step] for step in (3, 4)}
+
+
+def test_ode_init_preset(tmp_path):
+    from data_pipeline.make_ode_pairs import main as make_ode_pairs
+
+    torch.manual_seed(11)
+    teacher_dir = tmp_path / "teacher_weights"
+    save_diffusers_dir(WanDiT(load_config("tiny").model), teacher_dir)
+    assert make_ode_pairs(["--config", "tiny_ode_init", "--set", f"distill.teacher_checkpoint={teacher_dir}",
+                           "--set", "distill.ode_solver_substeps=1", "--out", str(tmp_path / "pairs"),
+                           "--num-samples", "4", "--samples-per-shard", "2"]) == 0
+    config = _config("tiny_ode_init", tmp_path, f"data.shards={tmp_path / 'pairs' / 'manifest.json'}",
+                     "distill.ode_solver_substeps=1")
+    results = run_workers(2, train_stage, config, timeout=180)
+    _check(results, ["student"])
+    # the student started from the teacher's weights (train.init_checkpoint empty: the teacher's)
+    teacher = WanDiT(load_config("tiny").model)
+    from ctxf.models.weights import load_model_weights
+
+    load_model_weights(teacher, teacher_dir)
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(results[0]["student_before"][name], value), name
