@@ -57,3 +57,31 @@ def test_bad_deepspeed_json_field(capsys, run_dir, tmp_path):
     bad.write_text('{"zero_optimization": {"stage": 3}, "train_batch_size": 8}')
     err = _run(capsys, "--deepspeed", str(bad), *run_dir)
     assert "train_batch_size" in err and "derived" in err
+
+
+def test_distillation_stage_without_teacher_checkpoint(capsys, run_dir):
+    err = _run(capsys, "--config", "tiny_context_dmd", "distill.teacher_checkpoint=", *run_dir)
+    assert "train.stage=context_dmd distils a frozen teacher" in err and "distill.teacher_checkpoint" in err
+
+
+def test_distillation_stage_with_a_missing_teacher_checkpoint(capsys, run_dir, tmp_path):
+    err = _run(capsys, "--config", "tiny_local_dmd", f"distill.teacher_checkpoint={tmp_path / 'nowhere'}", *run_dir)
+    assert f"distill.teacher_checkpoint={tmp_path / 'nowhere'} does not exist" in err and "train stage 0" in err
+
+
+def test_teacher_checkpoint_of_another_geometry(capsys, run_dir, tmp_path):
+    save_diffusers_dir(WanDiT(load_config("tiny", ["model.num_layers=3"]).model), tmp_path / "other")
+    err = _run(capsys, "--config", "tiny_longlive", f"distill.teacher_checkpoint={tmp_path / 'other'}", *run_dir)
+    assert "the checkpoint has 3: set model.num_layers=3" in err
+
+
+def test_ode_init_without_its_trajectories(capsys, run_dir, tmp_path):
+    save_diffusers_dir(WanDiT(load_config("tiny").model), tmp_path / "teacher")
+    err = _run(capsys, "--config", "tiny_ode_init", f"distill.teacher_checkpoint={tmp_path / 'teacher'}",
+               f"data.shards={tmp_path / 'pairs' / 'manifest.json'}", *run_dir)
+    assert "data.shards" in err and "data_pipeline.make_ode_pairs" in err
+
+
+def test_memory_context_that_does_not_fit_the_rope_range(capsys, run_dir):
+    err = _run(capsys, "--config", "tiny_context_dmd", "memory.rope_length=24", *run_dir)
+    assert "memory.rope_length=24" in err and "set memory.rope_length >= 30" in err
