@@ -34,6 +34,7 @@ from ctxf.parallel.launch import LaunchInfo, configure_cpu_threads, init_distrib
 from ctxf.parallel.plan import ParallelPlan, plan  # noqa: E402
 from ctxf.parallel.summary import describe_plan  # noqa: E402
 from ctxf.preflight import PreflightResult, preflight  # noqa: E402
+from ctxf.stages.config import describe_stage  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.validate_only:
         print(f"dry run: preset {args.config}, {world_size} ranks (no process started)")
+        print(describe_stage(config))
         print(describe_plan(config, parallel_plan))
         print(f"DeepSpeed config ({config.parallel.ds_config}, derived fields filled in)")
         print("\n".join("  " + line for line in json.dumps(ds_config, indent=2).splitlines()))

@@ -69,3 +69,22 @@ class DistillConfig:
     max_timestep: float = field(default=980.0, metadata=_help("DMD timesteps are clamped to [min, max]"))
     ode_solver_substeps: int = field(default=8, metadata=_help(
         "make_ode_pairs: Euler steps of the teacher between two consecutive denoising steps"))
+
+
+def describe_stage(cfg) -> str:
+    """One line naming the stage and its distillation numbers, for the dry run."""
+    stage, dist, train = cfg.train.stage, cfg.distill, cfg.train
+    if stage == "teacher":
+        return f"stage teacher: {train.num_steps} steps, lr {train.teacher_lr:g}"
+    parts = [f"stage {stage}: {train.num_steps} steps", f"window {dist.window_frames} latents",
+             f"memory {cfg.memory.policy}"]
+    if stage in ("context_dmd", "longlive"):
+        parts.append(f"rollouts up to {dist.rollout_frames_start} -> {dist.rollout_frames_end} latents over "
+                     f"{dist.rollout_growth_steps} steps (from {dist.min_rollout_frames})")
+    if stage != "ode_init":
+        context = dist.teacher_context if stage == "context_dmd" else "none"
+        parts += [f"teacher context {context}", f"guidance {dist.teacher_guidance:g}",
+                  f"generator every {dist.generator_every}", f"lr {train.student_lr:g} / {train.critic_lr:g}",
+                  f"EMA {train.ema_decay:g} from step {train.ema_start_step}"]
+    parts.append(f"grad clip {train.grad_clip:g}")
+    return ", ".join(parts)

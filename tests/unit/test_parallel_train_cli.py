@@ -1,4 +1,4 @@
-"""`ctxf.train`: the dry run prints the plan without starting anything; training is refused."""
+"""`ctxf.train`: the dry run prints the plan without starting anything."""
 
 from __future__ import annotations
 
@@ -31,11 +31,6 @@ def test_impossible_plan_is_a_clear_error(capsys):
     assert "train.global_batch_size=2 is not a multiple" in capsys.readouterr().err
 
 
-def test_training_is_not_implemented_yet(capsys):
-    assert main(["--config", "tiny"]) == 2
-    assert "training stages are not implemented yet" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("launch", [["-m", "ctxf.train"], [str(REPO / "ctxf" / "train.py")]], ids=["module", "script"])
 def test_runs_as_module_and_as_script(launch, tmp_path):
     env = {**os.environ, "PYTHONPATH": ""}  # the script form must find the package by itself, from anywhere
@@ -43,3 +38,23 @@ def test_runs_as_module_and_as_script(launch, tmp_path):
                          cwd=REPO if launch[0] == "-m" else tmp_path, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     assert "offload_optimizer" in run.stdout
+
+
+@pytest.mark.parametrize("stage, needed", [
+    ("ode_init", ["stage ode_init: 3000 steps, window 21 latents"]),
+    ("local_dmd", ["stage local_dmd: 600 steps, window 21 latents, memory slow_fast, teacher context none, "
+                   "guidance 3, generator every 5, lr 2e-06 / 4e-07, EMA 0.99 from step 200, grad clip 2"]),
+    ("context_dmd", ["stage context_dmd: 2001 steps, window 21 latents, memory slow_fast, rollouts up to 84 -> 105 "
+                     "latents over 600 steps (from 21), teacher context memory, guidance 5, generator every 5, "
+                     "lr 2e-06 / 4e-07, EMA 0.99 from step 200, grad clip 2",
+                     "accumulation 4 x data-parallel 16 = global 64"]),
+    ("self_forcing", ["stage self_forcing: 600 steps, window 21 latents, memory rolling, teacher context none"]),
+    ("longlive", ["stage longlive: 2001 steps, window 21 latents, memory sink_local, rollouts up to 240 -> 240",
+                  "teacher context none, guidance 3"]),
+])
+def test_stage_presets_plan_on_64_ranks_with_the_papers_numbers(stage, needed, capsys):
+    assert main(["--validate-only", "--world-size", "64", "--config", f"wan1.3b_{stage}"]) == 0
+    out = capsys.readouterr().out
+    assert "64 ranks (no process started)" in out and "global 64" in out
+    for text in needed:
+        assert text in out, text
