@@ -1,4 +1,4 @@
-"""`ctxf.train`: the dry run prints the plan without starting anything."""
+"""`ctxf.train --validate-only`: the dry run prints the plan without starting anything."""
 
 from __future__ import annotations
 
