@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctxf-installed
 
-.PHONY: setup run train generate test test-unit test-distributed bench dry-run clean
+.PHONY: setup run train chain generate test test-unit test-distributed bench dry-run clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ run: train
 
 train: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus 2 ctxf/train.py --deepspeed ds_configs/zero3.json
+
+# The whole recipe on the embedded default: stage 0 -> teacher ODE pairs -> ODE init -> context
+# DMD (each stage from the previous one's run directory), then a video from the final student.
+chain: setup
+	$(PY) -m ctxf.chain --root outputs/chain
 
 generate: setup
 	$(VENV)/bin/ctxf-generate

@@ -18,6 +18,7 @@ context_dmd, generate).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,17 @@ def stage_overrides(settings: list[str], stage: str) -> list[str]:
     return chosen
 
 
+def finished(run_dir: Path, preset: str, overrides: list[str]) -> bool:
+    """The run in `run_dir` completed the configured number of steps (the chain skips it)."""
+    from ctxf.config import load_config
+
+    status = run_dir / "run_status.json"
+    if not status.is_file():
+        return False
+    state = json.loads(status.read_text())
+    return state.get("status") == "complete" and state.get("step") == load_config(preset, overrides).train.num_steps
+
+
 def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     root = Path(args.root).resolve()
     teacher, pairs = root / "teacher", root / "ode_pairs"
@@ -57,6 +69,7 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
              "context_dmd": [f"distill.teacher_checkpoint={teacher}", f"train.init_checkpoint={root / 'ode_init'}"]}
     steps = []
     for stage in ("teacher", "ode_init", "context_dmd"):
+        overrides = [*links[stage], *stage_overrides(args.set, stage)]
         if stage == "ode_init":
             steps.append(("ode_pairs", [sys.executable, "-m", "data_pipeline.make_ode_pairs", "--config",
                                         preset["ode_init"], "--out", str(pairs), "--num-samples", str(args.pairs),
@@ -64,8 +77,9 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                                         "--samples-per-shard", str(max(1, min(8, args.pairs // args.nproc))),
                                         "--set", f"distill.teacher_checkpoint={teacher}",
                                         *[f"--set={item}" for item in stage_overrides(args.set, "ode_pairs")]]))
-        steps.append((stage, [*launch, "--config", preset[stage], "--output-dir", str(root / stage), *links[stage],
-                              *stage_overrides(args.set, stage)]))
+        if finished(root / stage, preset[stage], overrides):
+            continue
+        steps.append((stage, [*launch, "--config", preset[stage], "--output-dir", str(root / stage), *overrides]))
     steps.append(("generate", [sys.executable, "-m", "ctxf.inference", "--config", preset["context_dmd"],
                                "--checkpoint", str(root / "context_dmd"), "--seconds", str(args.seconds),
                                "--output-dir", str(root / "generate"), *stage_overrides(args.set, "generate")]))
@@ -86,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="config override for every stage, or for one with a STAGE: prefix (repeatable)")
     args = parser.parse_args(argv)
     steps = commands(args)
-    print(f"chain: {' -> '.join(name for name, _ in steps)} in {Path(args.root).resolve()}", flush=True)
+    print(f"chain: {' -> '.join(name for name, _ in steps)} in {Path(args.root).resolve()} (complete stages "
+          f"are skipped)", flush=True)
     env = {"TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions"),  # DeepSpeed's CPU comm op, compiled once
            **os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

@@ -118,11 +118,10 @@ class DistributionMatching(TrainingMethod):
         randomness = self.runtime.step_generator(step, micro, "dmd")
         metrics = {"frames/rollout": float(num_frames), "frames/teacher_context": float(scored.num_context)}
         if train_generator:
-            with self.phase("generator_loss"):
-                loss = self.generator_loss(rollout.window, scored, text, randomness)
+            loss = self.generator_loss(rollout.window, scored, text, randomness)
             self.optimize(STUDENT, loss)
             metrics["loss/dmd"] = float(loss.detach())
-        with self.phase("critic_loss"):
+        with self.phase("critic"):
             loss = self.critic_loss(rollout.window.detach(), scored, text, randomness)
         self.optimize(CRITIC, loss)
         metrics["loss/critic"] = float(loss.detach())
@@ -153,13 +152,15 @@ class DistributionMatching(TrainingMethod):
         latents, frame_t = self._sequence(scored, noisy, timestep)
         positions, n = scored.positions.to(x.device), scored.num_context
         with torch.no_grad():
-            conditional = self.teacher(latents, frame_t, text, frame_positions=positions)[:, :, n:].float()
-            empty = self.empty_text.to(text).expand(text.shape[0], -1, -1)
-            unconditional = self.teacher(latents, frame_t, empty, frame_positions=positions)[:, :, n:].float()
+            with self.phase("teacher"):
+                conditional = self.teacher(latents, frame_t, text, frame_positions=positions)[:, :, n:].float()
+                empty = self.empty_text.to(text).expand(text.shape[0], -1, -1)
+                unconditional = self.teacher(latents, frame_t, empty, frame_positions=positions)[:, :, n:].float()
             guided = unconditional + self.config.distill.teacher_guidance * (conditional - unconditional)
             teacher_x0 = predict_x0(noisy, guided, sigma)
-            critic_x0 = predict_x0(noisy, self.engines[CRITIC](latents, frame_t, text,
-                                                               frame_positions=positions)[:, :, n:].float(), sigma)
+            with self.phase("critic"):
+                critic_x0 = predict_x0(noisy, self.engines[CRITIC](latents, frame_t, text,
+                                                                   frame_positions=positions)[:, :, n:].float(), sigma)
         return dmd_generator_loss(window, teacher_x0, critic_x0)
 
     def critic_loss(self, x: torch.Tensor, scored: ScoredInput, text: torch.Tensor,

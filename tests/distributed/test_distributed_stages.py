@@ -45,8 +45,17 @@ def train_stage(config, resume_from=None) -> dict:
     before = {role: _full(engine) for role, engine in method.engines.items()}
     teacher = getattr(method, "teacher", None)
     teacher_before = {k: v.clone() for k, v in teacher.model.state_dict().items()} if teacher else {}
-    frames = []
+    frames, exits = [], []
     if hasattr(method, "rollout_frames"):
+        import ctxf.stages.dmd as dmd
+
+        original_draw = dmd.draw_exit_steps
+
+        def recording_draw(*args):
+            exits.append(original_draw(*args))
+            return exits[-1]
+
+        dmd.draw_exit_steps = recording_draw
         original = method.rollout_frames
 
         def recording(step):
@@ -60,7 +69,7 @@ def train_stage(config, resume_from=None) -> dict:
                for role in before}
     teacher_same = all(torch.equal(v, teacher.model.state_dict()[k]) for k, v in teacher_before.items())
     return {"losses": result.losses, "changed": changed, "teacher_same": teacher_same,
-            "num_params": {role: len(p) for role, p in before.items()}, "rollout_frames": frames,
+            "num_params": {role: len(p) for role, p in before.items()}, "rollout_frames": frames, "exit_steps": exits,
             "ema_roles": sorted(trainer.emas), "status": result.status, "student_before": before.get("student")}
 
 
@@ -93,6 +102,9 @@ def test_context_dmd_presets(preset, extra, tmp_path):
     results = run_workers(2, train_stage, _config(preset, tmp_path, *extra), timeout=180)
     _check(results, ["student", "critic"])
     assert results[0]["rollout_frames"] == results[1]["rollout_frames"]
+    # one exit step per chunk of each micro-batch's rollout, the same on both ranks
+    assert results[0]["exit_steps"] == results[1]["exit_steps"]
+    assert [len(e) * 3 for e in results[0]["exit_steps"]] == [f for _, f in results[0]["rollout_frames"]]
 
 
 def test_context_dmd_full_history_with_context_parallelism(tmp_path):
