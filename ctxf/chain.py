@@ -1,6 +1,6 @@
 """The whole recipe in one command: stage 0 -> ODE pairs -> ODE init -> contextual DMD -> a video.
 
-    python -m ctxf.chain                                   # the embedded default on 2 CPU ranks
+    python -m ctxf.chain                                   # the embedded default on 2 CPU ranks (make run)
     python -m ctxf.chain --root runs/a --set train.num_steps=4 --set teacher:train.num_steps=10
 
 Each stage is its own launch of `ctxf/train.py` (torchrun, `--nproc` ranks) with a preset
@@ -8,8 +8,8 @@ Each stage is its own launch of `ctxf/train.py` (torchrun, `--nproc` ranks) with
 full-size ones) and starts from the previous stage's run directory by name:
 `<root>/teacher` is the teacher of every later stage, `<root>/ode_init` the context-DMD
 student's initialisation, and the final student in `<root>/context_dmd` streams a video into
-`<root>/generate`. Every stage resumes (`--resume auto`), so running the command again continues
-an interrupted chain and skips what is complete.
+`--video-dir` (default `<root>/generate`). Stages whose run completed are skipped, the others
+resume (`--resume auto`), so running the command again continues an interrupted chain.
 
 `--set key=value` applies to every stage; `--set STAGE:key=value` to one (teacher, ode_init,
 context_dmd, generate).
@@ -82,7 +82,8 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         steps.append((stage, [*launch, "--config", preset[stage], "--output-dir", str(root / stage), *overrides]))
     steps.append(("generate", [sys.executable, "-m", "ctxf.inference", "--config", preset["context_dmd"],
                                "--checkpoint", str(root / "context_dmd"), "--seconds", str(args.seconds),
-                               "--output-dir", str(root / "generate"), *stage_overrides(args.set, "generate")]))
+                               "--output-dir", str(Path(args.video_dir).resolve() if args.video_dir else root / "generate"),
+                               *stage_overrides(args.set, "generate")]))
     return steps
 
 
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ctxf.chain", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="outputs/chain", help="directory of the stages' runs (default outputs/chain)")
+    parser.add_argument("--root", default="outputs/train", help="directory of the stages' runs (default outputs/train)")
+    parser.add_argument("--video-dir", help="where the final video goes (default <root>/generate)")
     parser.add_argument("--nproc", type=int, default=2, help="ranks per training stage (default 2)")
     parser.add_argument("--master-port", type=int, default=29517, help="rendezvous port of the training launches")
     parser.add_argument("--preset-prefix", default="tiny", help="tiny (default) or wan1.3b")
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"stages are kept and resumed", file=sys.stderr)
             return code
         print(f"[{index}/{len(steps)}] {name} done in {time.perf_counter() - started:.0f} s", flush=True)
-    print(f"\nchain complete: video in {Path(args.root).resolve() / 'generate'}")
+    print(f"\nchain complete: video in {steps[-1][1][steps[-1][1].index('--output-dir') + 1]}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Write the teacher's ODE trajectories (noise -> x0 through the few-step timesteps) as shards for
 the `ode_init` stage.
 
-    python -m data_pipeline.make_ode_pairs --config tiny_ode_init --out outputs/ode_pairs
+    python -m data_pipeline.make_ode_pairs --config tiny_ode_init --out outputs/train/ode_pairs
     python -m data_pipeline.make_ode_pairs --config ode_init.yaml --out /data/ode --prompts prompts.txt \\
         --num-samples 20000 --device cuda
 

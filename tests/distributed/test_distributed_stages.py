@@ -86,9 +86,10 @@ def _check(results, trained_roles):
 
 @pytest.mark.parametrize("preset", ["tiny_local_dmd", "tiny_self_forcing"])
 def test_local_dmd_presets(preset, tmp_path):
-    results = run_workers(2, train_stage, _config(preset, tmp_path), timeout=180)
+    results = run_workers(2, train_stage, _config(preset, tmp_path, "train.sample_every=2"), timeout=180)
     _check(results, ["student", "critic"])
     assert results[0]["ema_roles"] == ["student"]
+    assert (tmp_path / "run" / "samples" / "step_00000002.png").is_file()  # the student's streamed sample
     assert results[0]["rollout_frames"] == [(0, 9), (1, 9)]
 
 

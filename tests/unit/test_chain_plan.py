@@ -13,7 +13,7 @@ from ctxf.chain import commands, main, stage_overrides
 class Args:
     def __init__(self, root, settings=()):
         self.root, self.nproc, self.master_port, self.preset_prefix = str(root), 2, 29600, "tiny"
-        self.pairs, self.seconds, self.set = 8, 2.0, list(settings)
+        self.pairs, self.seconds, self.set, self.video_dir = 8, 2.0, list(settings), None
 
 
 def _names(steps):
