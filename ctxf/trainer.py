@@ -14,6 +14,9 @@ last), then one reduction of the metrics, the stop request and nothing else
 - Exact resume: all randomness of a step comes from generators seeded by (seed, step, micro,
   data-parallel rank) (`Runtime.step_generator`); the checkpoint holds the engines, the loader
   position, the method's state (buffers), the EMA and the process RNG states.
+- Roles: a method may step only some engines at a step (`method.stepped_roles(step)`, e.g. DMD's
+  generator every Nth step); the skip check, the EMA update and the logged gradient norm follow
+  those. The EMA covers `method.ema_roles` (default: every engine).
 """
 
 from __future__ import annotations

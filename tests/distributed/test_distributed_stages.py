@@ -97,7 +97,7 @@ def test_local_dmd_presets(preset, tmp_path):
     ("tiny_context_dmd", ()),
     ("tiny_context_dmd", ("distill.teacher_context=contiguous",)),
     ("tiny_longlive", ()),
-    ("tiny_longlive", ("memory.policy=slow_fast",)),
+    ("tiny_longlive_slowfast", ()),
 ], ids=["context-memory", "context-contiguous", "longlive", "longlive-slowfast"])
 def test_context_dmd_presets(preset, extra, tmp_path):
     results = run_workers(2, train_stage, _config(preset, tmp_path, *extra), timeout=180)

@@ -51,6 +51,8 @@ def test_runs_as_module_and_as_script(launch, tmp_path):
     ("self_forcing", ["stage self_forcing: 600 steps, window 21 latents, memory rolling, teacher context none"]),
     ("longlive", ["stage longlive: 2001 steps, window 21 latents, memory sink_local, rollouts up to 240 -> 240",
                   "teacher context none, guidance 3"]),
+    ("longlive_slowfast", ["stage longlive: 2001 steps, window 21 latents, memory slow_fast, rollouts up to 84 -> "
+                           "105 latents over 600 steps (from 21), teacher context none, guidance 5"]),
 ])
 def test_stage_presets_plan_on_64_ranks_with_the_papers_numbers(stage, needed, capsys):
     assert main(["--validate-only", "--world-size", "64", "--config", f"wan1.3b_{stage}"]) == 0
