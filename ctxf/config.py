@@ -303,7 +303,7 @@ class Config:
         """The distillation stages' sizes: whole chunks, a window inside every rollout, a bounded
         memory whose RoPE range holds the teacher's [memory | window] sequence."""
         train, dist, block = self.train, self.distill, self.video.num_frames_per_block
-        if train.stage in ("teacher",):
+        if train.stage == "teacher":
             return
         _positive(self, ["distill.window_frames", "distill.generator_every", "distill.ode_solver_substeps"])
         names = ["window_frames"]
