@@ -12,7 +12,7 @@ from ctxf.config import load_config
 from ctxf.inference.generator import StreamingGenerator
 from ctxf.memory.cache import build_memory
 from ctxf.models.wan import WanDiT
-from ctxf.stages.base import Runtime
+from ctxf.stages.base import Runtime, TrainingMethod
 from ctxf.stages.dmd import DistributionMatching, longest_rollout
 from ctxf.stages.rollout import roll_out
 from ctxf.stages.teacher_context import scored_input
@@ -85,10 +85,9 @@ class _Recorder:
 
 def test_the_teacher_receives_context_then_noisy_window():
     cfg, rollout, history, memory = _rollout()
-    method = DistributionMatching.__new__(DistributionMatching)
-    method.runtime = Runtime(config=cfg, device=torch.device("cpu"), data_parallel_rank=0, build_engine=None,
-                             sequence_parallel=None)
-    method.config = cfg
+    method = DistributionMatching.__new__(DistributionMatching)  # without engines: recorders stand in
+    TrainingMethod.__init__(method, Runtime(config=cfg, device=torch.device("cpu"), data_parallel_rank=0,
+                                            build_engine=None, sequence_parallel=None))
     method.teacher, critic = _Recorder(), _Recorder()
     method.engines = {"critic": critic}
     method.empty_text = torch.zeros(1, cfg.text.max_length, cfg.model.text_dim)
