@@ -151,6 +151,6 @@ def test_sigusr1_on_one_rank_checkpoints_that_step_and_resumes(tmp_path, cache_h
 
     resumed = _run(_torchrun(run_dir, f"train.num_steps={status['step'] + 2}", "train.log_every=1"), cache_home,
                    tmp_path)
-    assert f"resumed from {run_dir / 'checkpoints' / step_name} at step {status['step']}" in resumed.stdout
+    assert f"resumed from {run_dir / 'checkpoints' / step_name} at step {status['step']} (" in resumed.stdout
     assert max(_losses(run_dir)) == status["step"] + 2
     assert json.loads((run_dir / "run_status.json").read_text())["status"] == "complete"
