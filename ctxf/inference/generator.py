@@ -2,6 +2,8 @@
 
 For every chunk of `num_frames_per_block` latent frames:
 1. `memory.view()` gives the cached keys/values and the RoPE positions of cached and new frames;
+   the cached keys are rotated to their positions once (`WanDiT.rotate_memory`), since the
+   positions hold for the whole chunk;
 2. the chunk is denoised from noise through the few-step schedule (x0 prediction, then re-noised
    with fresh noise to the next timestep, as Self-Forcing samples);
 3. one more pass at the context-noise timestep (0: clean) computes the chunk's keys/values,
@@ -54,7 +56,8 @@ class StreamingGenerator:
         """Write clean latents `[B, C, F, H, W]` (a clip to continue) into memory, chunk by chunk."""
         for start in range(0, latents.shape[2], self.num_frames_per_block):
             chunk = latents[:, :, start:start + self.num_frames_per_block]
-            self._refresh(chunk, text, self.memory.view(chunk.shape[2]))
+            view = self.model.rotate_memory(self.memory.view(chunk.shape[2]), *chunk.shape[3:])
+            self._refresh(chunk, text, view)
 
     @torch.no_grad()
     def generate_chunk(self, text: torch.Tensor, latent_shape: tuple[int, int, int],
@@ -65,7 +68,7 @@ class StreamingGenerator:
         channels, height, width = latent_shape
         frames = self.num_frames_per_block
         param = next(self.model.parameters())
-        view = self.memory.view(frames)
+        view = self.model.rotate_memory(self.memory.view(frames), height, width)
 
         def noise() -> torch.Tensor:
             sample = torch.randn(batch, channels, frames, height, width, generator=generator)
