@@ -166,26 +166,29 @@ class WanDiT(nn.Module):
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
                 frame_positions: torch.Tensor | None = None, memory: MemoryView | None = None,
-                num_frames_per_block: int | None = None,
+                num_frames_per_block: int | None = None, frame_blocks: torch.Tensor | None = None,
                 return_kv: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
         """Predict the velocity for `latents [B, C, F, H, W]` at `timestep` (`[B]` or per frame `[B, F]`)
         given `text [B, L, text_dim]`.
 
         - `num_frames_per_block`: block-causal attention over chunks of that many frames
           (None: bidirectional, the teacher and the critic).
+        - `frame_blocks [F]`: block-causal attention with an explicit block per frame instead (a frame
+          sees the frames of blocks <= its own), e.g. cached frames grouped by the chunk they came in.
         - `memory`: attend to these cached frames too; the input's RoPE time positions then
           come from the memory unless `frame_positions` is given.
         - `return_kv`: also return each layer's un-rotated (k, v) of the input, for the memory.
         """
         if frame_positions is None and memory is not None:
             frame_positions = memory.query_frame_positions
-        tokens = self.embed(latents, timestep, text, frame_positions, num_frames_per_block)
+        tokens = self.embed(latents, timestep, text, frame_positions, num_frames_per_block, frame_blocks)
         hidden, kv = self.run_blocks(tokens, memory)
         out = self.unembed(hidden, tokens)
         return (out, kv) if return_kv else out
 
     def embed(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
-              frame_positions: torch.Tensor | None = None, num_frames_per_block: int | None = None) -> TokenBatch:
+              frame_positions: torch.Tensor | None = None, num_frames_per_block: int | None = None,
+              frame_blocks: torch.Tensor | None = None) -> TokenBatch:
         batch, _, frames, height, width = latents.shape
         _, patch_h, patch_w = self.cfg.patch_size
         grid_h, grid_w = height // patch_h, width // patch_w
@@ -211,7 +214,11 @@ class WanDiT(nn.Module):
         frame_index = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
         cos, sin = self.rope.angles(frame_positions.to(device), grid_h, grid_w)
         query_blocks = None
-        if num_frames_per_block is not None and frames > num_frames_per_block:
+        if frame_blocks is not None:
+            if frame_blocks.shape != (frames,):
+                raise ValueError(f"frame_blocks has shape {tuple(frame_blocks.shape)}, expected ({frames},)")
+            query_blocks = frame_blocks.to(device).index_select(0, frame_index)
+        elif num_frames_per_block is not None and frames > num_frames_per_block:
             query_blocks = frame_index // num_frames_per_block
         return TokenBatch(hidden=hidden, frame_index=frame_index, rope_cos=cos, rope_sin=sin,
                           query_blocks=query_blocks, modulation=modulation, head_modulation=temb.float(),
