@@ -35,6 +35,8 @@ class ScheduledPrompt:
 class PromptSource(Protocol):
     exhausted: bool
 
+    def first_prompt(self, default: str) -> str: ...
+
     def poll(self, next_frame: int) -> list[str]: ...
 
 
@@ -106,10 +108,13 @@ class StdinPrompts:
     """Lines typed on standard input, one switch a line, read by a background thread so the
     stream never waits for typing; end of input marks the source exhausted."""
 
-    def __init__(self, stream: TextIO = sys.stdin):
+    def __init__(self, stream: TextIO | None = None):
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.exhausted = False
-        threading.Thread(target=self._read, args=(stream,), daemon=True, name="stdin-prompts").start()
+        threading.Thread(target=self._read, args=(stream or sys.stdin,), daemon=True, name="stdin-prompts").start()
+
+    def first_prompt(self, default: str) -> str:
+        return default
 
     def _read(self, stream: TextIO) -> None:
         for line in stream:

@@ -19,10 +19,9 @@ from typing import Callable, Iterator
 
 import torch
 
+from ctxf.config import PROMPT_SWITCH_MODES
 from ctxf.inference.generator import StreamingGenerator
 from ctxf.inference.prompts import PromptSource
-
-SWITCH_MODES = ("recache", "keep", "flush")
 
 
 @dataclass
@@ -38,11 +37,12 @@ class PromptSwitch:
 class StreamingSession:
     def __init__(self, generator: StreamingGenerator, encode_prompt: Callable[[str], torch.Tensor], prompt: str,
                  switch_mode: str, latent_shape: tuple[int, int, int], seed: int, latent_fps: float):
-        if switch_mode not in SWITCH_MODES:
-            raise ValueError(f"inference.prompt_switch={switch_mode!r}: choose one of {', '.join(SWITCH_MODES)}")
+        if switch_mode not in PROMPT_SWITCH_MODES:
+            raise ValueError(f"inference.prompt_switch={switch_mode!r}: choose one of "
+                             f"{', '.join(PROMPT_SWITCH_MODES)}")
         self.generator, self.encode_prompt = generator, encode_prompt
         self.switch_mode, self.latent_shape, self.latent_fps = switch_mode, latent_shape, latent_fps
-        self.prompt, self.text = prompt, encode_prompt(prompt)
+        self.first_prompt, self.prompt, self.text = prompt, prompt, encode_prompt(prompt)
         self.noise = torch.Generator().manual_seed(seed)
         self.switches: list[PromptSwitch] = []
         self.num_generated = 0
