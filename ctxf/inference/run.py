@@ -136,9 +136,10 @@ class GrowingVideos:
         self.num_latent_frames, self.last = total, latents[:, :, -1:]
 
     def close(self) -> list[str]:
+        """Finish the files; returns those holding frames (a stream stopped before its first chunk has none)."""
         for writer in self.writers:
             writer.close()
-        return [str(w.path) for w in self.writers]
+        return [str(w.path) for w in self.writers if w.num_frames]
 
 
 def video_name(sample: int, batch_size: int) -> str:

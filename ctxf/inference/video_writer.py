@@ -51,8 +51,9 @@ class Mp4Writer:
         self.num_frames += len(frames)
 
     def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
+        if self.num_frames:  # an encoder never given a frame has nothing to flush (nor a size to open with)
+            for packet in self.stream.encode():
+                self.container.mux(packet)
         self.container.close()
 
     def __enter__(self) -> "Mp4Writer":
