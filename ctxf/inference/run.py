@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ctxf.config import Config
 from ctxf.inference.generator import StreamingGenerator
 from ctxf.inference.prefix import load_prefix
-from ctxf.inference.prompts import PromptSchedule, PromptSource, ScheduledPrompt, StdinPrompts, load_schedule
+from ctxf.inference.prompts import PromptSchedule, PromptSource, ScheduledPrompt, load_schedule
 from ctxf.inference.session import StreamingSession
 from ctxf.inference.video_writer import Mp4Writer, display_scale, write_mp4
 from ctxf.memory.cache import build_memory

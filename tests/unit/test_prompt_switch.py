@@ -133,3 +133,29 @@ def test_recache_follows_context_noise():
                               cfg.video.num_frames_per_block, context_t=100.0)
     k, v = memory.store.layer(1)
     assert (k - keys[1]).abs().max() <= 1e-5 and (v - values[1]).abs().max() <= 1e-5
+
+
+def test_recache_after_a_prefix_groups_frames_by_the_pass_that_wrote_them():
+    """A 4-frame prefix is prefilled as chunks [0, 1, 2] and [3], so generated chunks start at frame 4;
+    the re-cache must group frames as those passes did, not by index // 3."""
+    cfg, model, encoder, session = make("full")
+    prefix = torch.randn(1, cfg.model.in_channels, 4, cfg.video.latent_height, cfg.video.latent_width)
+    session.prefill(prefix)
+    generated = torch.cat(list(session.stream(3)), dim=2)
+    memory = session.generator.memory
+    latents = torch.cat([prefix, generated], dim=2)
+    text = encoder.encode(["the square turns blue"])
+    session.switch_prompt("the square turns blue")
+    # oracle: the three passes again, through the KV-cache path, under the new prompt
+    keys = [torch.empty(1, 0, cfg.model.num_heads, cfg.model.head_dim) for _ in model.blocks]
+    values = [k.clone() for k in keys]
+    for frames in ([0, 1, 2], [3], [4, 5, 6]):
+        view = MemoryView(keys=keys, values=values, key_frame_positions=torch.arange(frames[0]),
+                          query_frame_positions=torch.tensor(frames))
+        with torch.no_grad():
+            _, kv = model(latents[:, :, frames], torch.zeros(1), text, memory=view, return_kv=True)
+        keys = [torch.cat([k, new_k], dim=1) for k, (new_k, _) in zip(keys, kv)]
+        values = [torch.cat([v, new_v], dim=1) for v, (_, new_v) in zip(values, kv)]
+    for layer in range(len(model.blocks)):
+        k, v = memory.store.layer(layer)
+        assert (k - keys[layer]).abs().max() <= 1e-5 and (v - values[layer]).abs().max() <= 1e-5
