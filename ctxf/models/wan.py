@@ -77,17 +77,18 @@ class WanSelfAttention(WanAttentionProjections):
         return (q.unflatten(-1, (self.num_heads, -1)), k.unflatten(-1, (self.num_heads, -1)),
                 v.unflatten(-1, (self.num_heads, -1)))
 
-    def forward(self, x: torch.Tensor, tokens: TokenBatch, past: tuple[KV, torch.Tensor, torch.Tensor] | None,
+    def forward(self, x: torch.Tensor, tokens: TokenBatch, past: KV | None,
                 attend: AttentionFn) -> tuple[torch.Tensor, KV]:
-        """Attend from the input tokens to [cached memory | input]; returns the output and the
-        input's un-rotated (k, v), which the memory may store."""
+        """Attend from the input tokens to [cached memory | input]; `past` holds the memory's keys
+        already rotated to their positions. Returns the output and the input's un-rotated (k, v),
+        which the memory may store."""
         q, k, v = self.project(x)
         q_rot = apply_rope(q, tokens.rope_cos, tokens.rope_sin)
         k_rot = apply_rope(k, tokens.rope_cos, tokens.rope_sin)
         k_all, v_all, mask = k_rot, v, None
         if past is not None:
-            (k_past, v_past), past_cos, past_sin = past
-            k_all = torch.cat([apply_rope(k_past, past_cos, past_sin), k_rot], dim=1)
+            k_past, v_past = past
+            k_all = torch.cat([k_past, k_rot], dim=1)
             v_all = torch.cat([v_past, v], dim=1)
         if tokens.query_blocks is not None:
             num_past = k_all.shape[1] - k.shape[1]
@@ -120,7 +121,7 @@ class WanBlock(nn.Module):
         self.norm3 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
 
-    def forward(self, x: torch.Tensor, tokens: TokenBatch, past: tuple[KV, torch.Tensor, torch.Tensor] | None,
+    def forward(self, x: torch.Tensor, tokens: TokenBatch, past: KV | None,
                 attend: AttentionFn) -> tuple[torch.Tensor, KV]:
         # [1, 6, dim] + [B, F, 6, dim]: (shift, scale, gate) of attention, then of the ffn, per frame
         table = self.scale_shift_table + tokens.modulation
@@ -165,26 +166,29 @@ class WanDiT(nn.Module):
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *,
                 frame_positions: torch.Tensor | None = None, memory: MemoryView | None = None,
-                num_frames_per_block: int | None = None,
+                num_frames_per_block: int | None = None, frame_blocks: torch.Tensor | None = None,
                 return_kv: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
         """Predict the velocity for `latents [B, C, F, H, W]` at `timestep` (`[B]` or per frame `[B, F]`)
         given `text [B, L, text_dim]`.
 
         - `num_frames_per_block`: block-causal attention over chunks of that many frames
           (None: bidirectional, the teacher and the critic).
+        - `frame_blocks [F]`: block-causal attention with an explicit block per frame instead (a frame
+          sees the frames of blocks <= its own), e.g. cached frames grouped by the chunk they came in.
         - `memory`: attend to these cached frames too; the input's RoPE time positions then
           come from the memory unless `frame_positions` is given.
         - `return_kv`: also return each layer's un-rotated (k, v) of the input, for the memory.
         """
         if frame_positions is None and memory is not None:
             frame_positions = memory.query_frame_positions
-        tokens = self.embed(latents, timestep, text, frame_positions, num_frames_per_block)
+        tokens = self.embed(latents, timestep, text, frame_positions, num_frames_per_block, frame_blocks)
         hidden, kv = self.run_blocks(tokens, memory)
         out = self.unembed(hidden, tokens)
         return (out, kv) if return_kv else out
 
     def embed(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
-              frame_positions: torch.Tensor | None = None, num_frames_per_block: int | None = None) -> TokenBatch:
+              frame_positions: torch.Tensor | None = None, num_frames_per_block: int | None = None,
+              frame_blocks: torch.Tensor | None = None) -> TokenBatch:
         batch, _, frames, height, width = latents.shape
         _, patch_h, patch_w = self.cfg.patch_size
         grid_h, grid_w = height // patch_h, width // patch_w
@@ -210,23 +214,46 @@ class WanDiT(nn.Module):
         frame_index = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
         cos, sin = self.rope.angles(frame_positions.to(device), grid_h, grid_w)
         query_blocks = None
-        if num_frames_per_block is not None and frames > num_frames_per_block:
+        if frame_blocks is not None:
+            if frame_blocks.shape != (frames,):
+                raise ValueError(f"frame_blocks has shape {tuple(frame_blocks.shape)}, expected ({frames},)")
+            query_blocks = frame_blocks.to(device).index_select(0, frame_index)
+        elif num_frames_per_block is not None and frames > num_frames_per_block:
             query_blocks = frame_index // num_frames_per_block
         return TokenBatch(hidden=hidden, frame_index=frame_index, rope_cos=cos, rope_sin=sin,
                           query_blocks=query_blocks, modulation=modulation, head_modulation=temb.float(),
                           text=text_proj, grid=(frames, grid_h, grid_w))
 
+    def rotate_memory(self, memory: MemoryView, latent_height: int, latent_width: int) -> MemoryView:
+        """The same view with every layer's cached keys rotated to their positions, once.
+
+        The memory stores keys un-rotated because a frame's position can change between chunks;
+        within a chunk it does not, so the generator rotates once per chunk and its denoising
+        passes and refresh pass reuse the result instead of each rotating every layer again."""
+        if memory.keys_rotated or not memory.num_cached_frames:
+            return memory
+        _, patch_h, patch_w = self.cfg.patch_size
+        angles = self._memory_angles(memory, latent_height // patch_h, latent_width // patch_w)
+        return replace(memory, keys=[apply_rope(k, *angles) for k in memory.keys], keys_rotated=True)
+
+    def _memory_angles(self, memory: MemoryView, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        device = memory.keys[0].device
+        return self.rope.angles(memory.key_frame_positions.to(device), grid_h, grid_w)
+
     def run_blocks(self, tokens: TokenBatch, memory: MemoryView | None = None) -> tuple[torch.Tensor, list[KV]]:
-        past_cos = past_sin = None
-        if memory is not None and memory.num_cached_frames:
+        has_past = memory is not None and memory.num_cached_frames > 0
+        past_angles = None
+        if has_past and not memory.keys_rotated:  # rotated here, one layer at a time
             _, grid_h, grid_w = tokens.grid
-            past_cos, past_sin = self.rope.angles(memory.key_frame_positions.to(tokens.hidden.device),
-                                                  grid_h, grid_w)
+            past_angles = self._memory_angles(memory, grid_h, grid_w)
         hidden, kv_out = tokens.hidden, []
         for layer, block in enumerate(self.blocks):
             past = None
-            if past_cos is not None:
-                past = ((memory.keys[layer], memory.values[layer]), past_cos, past_sin)
+            if has_past:
+                k_past = memory.keys[layer]
+                if past_angles is not None:
+                    k_past = apply_rope(k_past, *past_angles)
+                past = (k_past, memory.values[layer])
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 hidden, kv = torch.utils.checkpoint.checkpoint(
                     block, hidden, tokens, past, self.attention_fn, use_reentrant=False)
