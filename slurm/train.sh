@@ -108,6 +108,10 @@ if [[ $rc -ne 0 ]]; then
     echo "ctxf job $SLURM_JOB_ID: training failed (srun exit $rc); not requeued" >&2
     exit "$rc"
 fi
+if [[ ! -f $output_dir/run_status.json ]]; then
+    echo "error: ctxf job $SLURM_JOB_ID: training exited 0 without $output_dir/run_status.json" >&2
+    exit 1
+fi
 read -r status signal < <(python - "$output_dir/run_status.json" <<'EOF'
 import json
 import sys

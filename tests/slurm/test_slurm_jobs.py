@@ -19,7 +19,7 @@ from ctxf.config import load_config
 from ctxf.models.wan import WanDiT
 
 REPO = Path(__file__).resolve().parents[2]
-NUM_STEPS = 20
+NUM_STEPS = 30  # long enough for the signal to arrive mid-run on a fast machine
 # The same run for both jobs; only the signal differs. Checkpoints: the last step and a stop only.
 OVERRIDES = f"train.num_steps={NUM_STEPS} train.log_every=1 train.checkpoint_every=1000 train.sample_every=0"
 JOB_TIMEOUT = 900  # seconds; a loaded 2-core machine needs minutes to start DeepSpeed twice

@@ -91,3 +91,12 @@ def test_train_script_names_a_missing_checkout(tmp_path):
     run = subprocess.run(["bash", str(TRAIN)], env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert f"{tmp_path} is not a ctxf checkout" in run.stderr and "CTXF_REPO" in run.stderr
+
+
+def test_bad_configuration_fails_the_dry_run_with_one_line():
+    env = script_env(CTXF_DRY_RUN="1", CTXF_OVERRIDES="train.stage=techer")
+    run = subprocess.run(["bash", str(TRAIN_64)], env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: train.stage='techer'"), run.stderr  # no traceback
+    assert "did you mean teacher" in lines[0]
