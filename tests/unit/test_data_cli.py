@@ -31,7 +31,8 @@ def test_writing_into_an_earlier_run_needs_overwrite(tmp_path, capsys):
     assert make_curtain.main(arguments) == 0
     with pytest.raises(SystemExit) as exit_info:
         make_curtain.main(arguments)
-    assert exit_info.value.code == 2 and "pass --overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--overwrite" in err and "--resume" in err
     assert make_curtain.main(arguments + ["--overwrite"]) == 0
 
 
