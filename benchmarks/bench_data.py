@@ -1,4 +1,4 @@
-"""Data pipeline throughput against what the tiny trainer consumes (BENCHMARKS.md section 4).
+"""Data pipeline throughput against what the tiny trainer consumes (docs/benchmarks.md).
 
 Writes curtain-world shards (or reads `--shards`), then measures in one run:
 - samples per second the `ShardLoader` delivers with 0, 1 and 2 DataLoader workers over whole

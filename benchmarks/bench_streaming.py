@@ -1,4 +1,4 @@
-"""Memory boundedness and streaming speed (BENCHMARKS.md section 2).
+"""Memory boundedness and streaming speed (docs/benchmarks.md).
 
 Generates a long video (default 480 latent frames = 2 minutes) with the tiny model and records,
 per chunk, wall seconds and KV-cache bytes for:

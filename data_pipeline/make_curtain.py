@@ -1,4 +1,4 @@
-"""Write the synthetic curtain world (BENCHMARKS.md section 1) as train and held-out shards.
+"""Write the synthetic curtain world (docs/benchmarks.md, the curtain world) as train and held-out shards.
 
     python -m data_pipeline.make_curtain --out outputs/curtain --train-clips 512 --heldout-clips 64
 
