@@ -130,6 +130,7 @@ def estimate_memory(config: Config, parallel_plan: ParallelPlan) -> MemoryEstima
     act, teacher_bytes = _bytes(config)
     params, block = wan_parameter_count(m), block_parameter_count(m)
     world, shards, micro = parallel_plan.world_size, parallel_plan.teacher_shard_degree, parallel_plan.micro_batch_size
+    # ds_config.py caps ZeRO-3's gathered parameters at GATHERED_BLOCKS blocks (2: running + prefetched)
     states = STATE_BYTES_PER_PARAM * params / world + 2 * block * act
     teacher = params * teacher_bytes / shards + (block * teacher_bytes if shards > 1 else 0)
 
