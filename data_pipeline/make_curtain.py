@@ -18,12 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ctxf.data.format import encode_sample
+from ctxf.data.format import LATENTS_EXT, META_EXT, TEXT_EXT, encode_sample
 from data_pipeline.cli_common import add_common_arguments, load_cli_config, print_summary, shard_settings
 from data_pipeline.clip_encoding import ClipEncoder
 from data_pipeline.curtain import LATENT_FRAME_SECONDS, CurtainSpec, make_clip
 from data_pipeline.shards import (
-    MANIFEST_NAME, AtomicShardWriter, OutputDirInUse, output_dir_in_use, prepare_output_dir, write_manifest,
+    MANIFEST_NAME, AtomicShardWriter, OutputDirInUse, output_dir_in_use, prepare_output_dir, sample_members,
+    write_manifest,
 )
 from data_pipeline.video_io import encode_mp4
 
@@ -58,6 +59,13 @@ def write_split(spec: CurtainSpec, seed: int, split: str, count: int, out_dir: P
         raise OutputDirInUse(f"{out_dir} holds other clips than the first {count} of split {split!r} "
                              f"({kept.keys[:1]}, ...); resume with the arguments of the interrupted run, or pass "
                              f"--overwrite")
+    if kept.keys:  # the last kept clip, made again with these arguments, must be the stored one byte for byte
+        last = len(kept.keys) - 1
+        again = curtain_sample(spec, seed, split, last, encoder, latent_dtype=latent_dtype, text_dtype=text_dtype)
+        stored = sample_members(out_dir / kept.shards[-1]["name"], curtain_key(split, last))
+        if any(stored.get(ext) != again[ext] for ext in (LATENTS_EXT, TEXT_EXT, META_EXT)):
+            raise OutputDirInUse(f"{out_dir} holds clips made with other settings (seed, world, config or dtypes) "
+                                 f"than these; resume with the arguments of the interrupted run, or pass --overwrite")
     with AtomicShardWriter(out_dir, max_bytes=max_bytes, max_samples=max_samples,
                            start_shard=kept.next_shard) as writer:
         for index in tqdm(range(len(kept.keys), count), desc=f"curtain {split}", unit="clip",

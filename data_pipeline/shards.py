@@ -77,6 +77,16 @@ def prepare_output_dir(out_dir: Path, overwrite: bool = False, resume: bool = Fa
     return point
 
 
+def sample_members(path: Path, key: str) -> dict[str, bytes]:
+    """The members of sample `key` in a tar shard, by extension (`latents.safetensors`, `json`, ...)."""
+    members = {}
+    with tarfile.open(path, "r") as archive:
+        for member in archive:
+            if member.isreg() and member.name.startswith(key + "."):
+                members[member.name[len(key) + 1:]] = archive.extractfile(member).read()
+    return members
+
+
 def _earlier_run_files(out_dir: Path) -> list[Path]:
     return sorted(out_dir.glob(f"{SHARD_PREFIX}-*.tar*")) + sorted(out_dir.glob(MANIFEST_NAME + "*"))
 

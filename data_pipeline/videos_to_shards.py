@@ -32,13 +32,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ctxf.data.format import encode_sample
+from ctxf.data.format import META_EXT, encode_sample
 from data_pipeline.cli_common import (
     add_common_arguments, format_duration, load_cli_config, print_summary, shard_settings,
 )
 from data_pipeline.clip_encoding import ClipEncoder
 from data_pipeline.shards import (
-    MANIFEST_NAME, AtomicShardWriter, OutputDirInUse, output_dir_in_use, prepare_output_dir, write_manifest,
+    MANIFEST_NAME, AtomicShardWriter, OutputDirInUse, output_dir_in_use, prepare_output_dir, sample_members,
+    write_manifest,
 )
 from data_pipeline.video_io import VideoFrames, encode_mp4, split_clips
 
@@ -180,6 +181,8 @@ def videos_to_shards(jobs: list[VideoJob], out_dir: Path, encoder: ClipEncoder, 
     out_dir = Path(out_dir)
     kept = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
     done_keys = frozenset(kept.keys)
+    if kept.keys:
+        _check_resumable(out_dir / kept.shards[0]["name"], kept.keys[0], settings, encoder)
     report = RunReport(videos=len(jobs))
     # Videos are written in order, so every video before the last one with a kept clip is complete.
     first_open = max((number for number, job in enumerate(jobs) if sample_key(job.path, 0) in done_keys),
@@ -207,6 +210,17 @@ def videos_to_shards(jobs: list[VideoJob], out_dir: Path, encoder: ClipEncoder, 
     write_manifest(out_dir, report.shards, created_by="data_pipeline.videos_to_shards",
                    settings={**(manifest_settings or {}), **settings.__dict__}, skipped=skipped, extra=extra)
     return report
+
+
+def _check_resumable(shard: Path, key: str, settings: ClipSettings, encoder: ClipEncoder) -> None:
+    """The kept clips were cut at these settings (read from a kept sample's metadata), or refuse."""
+    meta = json.loads(sample_members(shard, key)[META_EXT])
+    wanted = {"fps": settings.fps, "height": settings.height, "width": settings.width, **encoder.codec_metadata()}
+    differing = {name: (meta.get(name), value) for name, value in wanted.items() if meta.get(name) != value}
+    if differing:
+        described = ", ".join(f"{name} {old!r} there, {new!r} now" for name, (old, new) in differing.items())
+        raise OutputDirInUse(f"{shard.parent} holds clips made with other settings ({described}); resume with the "
+                             f"arguments of the interrupted run, or pass --overwrite")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,6 +172,9 @@ def test_an_interrupted_video_run_resumes_to_the_same_shards(tmp_path):
     (cut / "shard-000003.tar.partial").write_bytes(b"half a tar")
     with pytest.raises(ValueError, match="--resume"):
         videos_to_shards.videos_to_shards(jobs, cut, encoder, settings, **run)
+    other_fps = videos_to_shards.ClipSettings(fps=8, height=16, width=16, clip_seconds=1, min_seconds=1)
+    with pytest.raises(ValueError, match=r"other settings \(fps 4(\.0)? there, 8 now"):
+        videos_to_shards.videos_to_shards(jobs, cut, encoder, other_fps, resume=True, **run)
     report = videos_to_shards.videos_to_shards(jobs, cut, encoder, settings, resume=True, **run)
     resumed = json.loads((cut / "manifest.json").read_text())
     assert resumed["shards"] == fresh["shards"]
