@@ -17,10 +17,19 @@ MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 DOCS_MENTION = re.compile(r"\bdocs/[\w./-]+\.md")
 
 
+SKIPPED_DIRS = {".git", ".venv", "outputs", "build", "dist", ".pytest_cache", ".torch_extensions", "__pycache__"}
+
+
 def tracked_text_files():
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split()
-    return [REPO / name for name in listed if Path(name).suffix in TEXT_SUFFIXES and (REPO / name).is_file()]
+    """The repository's own text files (git's list; without git, the tree minus build and run outputs)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                                capture_output=True, text=True, check=True).stdout.split()
+        paths = [REPO / name for name in listed]
+    except (OSError, subprocess.CalledProcessError):
+        paths = [path for path in REPO.rglob("*")
+                 if not SKIPPED_DIRS & set(path.relative_to(REPO).parts) and ".egg-info" not in str(path)]
+    return [path for path in paths if path.suffix in TEXT_SUFFIXES and path.is_file()]
 
 
 def anchors(markdown: str) -> set[str]:
