@@ -1,4 +1,4 @@
-"""Distributed scaling on CPU/gloo (BENCHMARKS.md section 3), measured side by side in one run.
+"""Distributed scaling on CPU/gloo (docs/benchmarks.md), measured side by side in one run.
 
 1. Context-parallel teacher: peak tensor memory per rank of one teacher forward for cp = 1, 2, 4
    on the same sequence, and its exactness (max |difference| against cp = 1).
@@ -15,6 +15,7 @@ weights and inputs excluded), so the numbers do not depend on the machine's nois
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import socket
@@ -28,12 +29,14 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from bench_report import pyplot, write_report
 from ctxf.config import load_config
 from ctxf.models.wan import WanDiT
 from ctxf.parallel.launch import LaunchInfo, init_distributed, shutdown
 from ctxf.parallel.summary import projection_table
 from ctxf.parallel.topology import Topology
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks directory is not a package
+from bench_report import pyplot, write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEGREES = [1, 2, 4]

@@ -1,4 +1,4 @@
-"""Streaming peers at equal model size (BENCHMARKS.md section 2, third bullet).
+"""Streaming peers at equal model size (docs/benchmarks.md).
 
 One long rollout per model, on this machine in this run, all with random weights at the geometry of
 our preset (tiny: 2 heads x 16, 2 layers, ffn 64, text 32, freq 32, 12 latent channels, patch

@@ -15,8 +15,8 @@ import io
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from ctxf.ckpt.checkpoint_files import read_safetensors
 from ctxf.ckpt.training_checkpoint import DEEPSPEED_TAG, resolve_step_dir, verify_step
 from ctxf.ckpt.wan_keys import CheckpointError, StateDict
 from ctxf.models.lora import merge_state_dict, split_adapter
@@ -43,7 +43,7 @@ def role_state_dict(step_dir: Path, role: str, ema: bool, manifest: dict) -> Sta
         state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir / role), tag=DEEPSPEED_TAG)
     state = {k: v.clone() for k, v in state.items()}
     if ema:
-        state.update(load_file(step_dir / f"{role}_ema.safetensors"))
+        state.update(read_safetensors(step_dir / f"{role}_ema.safetensors"))
     lora = manifest["roles"][role].get("lora")
     if lora:
         base, adapter = split_adapter(state)

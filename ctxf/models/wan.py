@@ -21,6 +21,7 @@ import torch.nn as nn
 from diffusers.models.attention import FeedForward
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedding
+from einops import rearrange
 
 from ctxf.config import ModelConfig
 from ctxf.memory.view import MemoryView
@@ -73,9 +74,7 @@ class WanAttentionProjections(nn.Module):
 class WanSelfAttention(WanAttentionProjections):
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.norm_q(self.to_q(x)), self.norm_k(self.to_k(x)), self.to_v(x)
-        # [B, S, dim] -> [B, S, H, head_dim]
-        return (q.unflatten(-1, (self.num_heads, -1)), k.unflatten(-1, (self.num_heads, -1)),
-                v.unflatten(-1, (self.num_heads, -1)))
+        return tuple(rearrange(x, "b s (h d) -> b s h d", h=self.num_heads) for x in (q, k, v))
 
     def forward(self, x: torch.Tensor, tokens: TokenBatch, past: KV | None,
                 attend: AttentionFn) -> tuple[torch.Tensor, KV]:
@@ -95,18 +94,15 @@ class WanSelfAttention(WanAttentionProjections):
             memory_blocks = tokens.query_blocks.new_full((num_past,), -1)
             mask = BlockMask(tokens.query_blocks, torch.cat([memory_blocks, tokens.query_blocks]))
         out = attend(q_rot, k_all, v_all, mask)
-        # [B, S, H, head_dim] -> [B, S, dim]
-        return self.to_out[0](out.flatten(2)), (k, v)
+        return self.to_out[0](rearrange(out, "b s h d -> b s (h d)")), (k, v)
 
 
 class WanCrossAttention(WanAttentionProjections):
     def forward(self, x: torch.Tensor, text: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
-        # [B, S, dim] -> [B, S, H, head_dim]; text [B, L, dim] -> [B, L, H, head_dim]
-        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.num_heads, -1))
-        k = self.norm_k(self.to_k(text)).unflatten(-1, (self.num_heads, -1))
-        v = self.to_v(text).unflatten(-1, (self.num_heads, -1))
-        # [B, S, H, head_dim] -> [B, S, dim]
-        return self.to_out[0](attend(q, k, v, None).flatten(2))
+        q = rearrange(self.norm_q(self.to_q(x)), "b s (h d) -> b s h d", h=self.num_heads)
+        k = rearrange(self.norm_k(self.to_k(text)), "b l (h d) -> b l h d", h=self.num_heads)
+        v = rearrange(self.to_v(text), "b l (h d) -> b l h d", h=self.num_heads)
+        return self.to_out[0](rearrange(attend(q, k, v, None), "b s h d -> b s (h d)"))
 
 
 class WanBlock(nn.Module):
@@ -200,15 +196,14 @@ class WanDiT(nn.Module):
         if frame_positions.shape != (frames,):
             raise ValueError(f"frame_positions has shape {tuple(frame_positions.shape)}, expected ({frames},)")
 
-        # [B, C, F, H, W] -> [B, dim, F, gh, gw] -> [B, F*gh*gw, dim]
-        hidden = self.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()
+        # the patch embedding gives [B, dim, F, gh, gw]; tokens run frame by frame, row by row
+        hidden = rearrange(self.patch_embedding(latents), "b c f h w -> b (f h w) c").contiguous()
         per_frame_t = timestep[:, None].expand(batch, frames) if timestep.ndim == 1 else timestep
         if per_frame_t.shape != (batch, frames):
             raise ValueError(f"timestep has shape {tuple(timestep.shape)}; give [B] or [B, F] = [{batch}, {frames}]")
         temb, time_proj, text_proj, _ = self.condition_embedder(
             per_frame_t.flatten(), text, timestep_seq_len=frames)
-        # time_proj [B, F, 6*dim] -> [B, F, 6, dim]
-        modulation = time_proj.float().unflatten(2, (6, -1))
+        modulation = rearrange(time_proj.float(), "b f (six c) -> b f six c", six=6)  # shift/scale/gate x 2
 
         tokens_per_frame = grid_h * grid_w
         frame_index = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
@@ -268,9 +263,7 @@ class WanDiT(nn.Module):
         shift, scale = (self.scale_shift_table + tokens.head_modulation[:, :, None]).unbind(2)
         shift, scale = _per_token(shift, tokens.frame_index), _per_token(scale, tokens.frame_index)
         out = self.proj_out((self.norm_out(hidden.float()) * (1 + scale) + shift).to(hidden.dtype))
-        batch = out.shape[0]
         _, patch_h, patch_w = self.cfg.patch_size
-        # [B, F*gh*gw, ph*pw*C] -> [B, F, gh, gw, ph, pw, C] -> [B, C, F, gh, ph, gw, pw] -> [B, C, F, H, W]
-        out = out.reshape(batch, frames, grid_h, grid_w, patch_h, patch_w, -1)
-        out = out.permute(0, 6, 1, 2, 4, 3, 5)
-        return out.reshape(batch, -1, frames, grid_h * patch_h, grid_w * patch_w)
+        # each token's ph * pw * C outputs are its patch of latent pixels, channels last
+        return rearrange(out, "b (f gh gw) (ph pw c) -> b c f (gh ph) (gw pw)", f=frames, gh=grid_h, gw=grid_w,
+                         ph=patch_h, pw=patch_w)

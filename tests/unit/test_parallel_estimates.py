@@ -1,5 +1,5 @@
 """Memory and communication formulas of the dry run: the parameter count against the real
-module, and the per-GPU figures against METHOD.md's hand calculations."""
+module, and the per-GPU figures against hand calculations (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def test_wan_at_64_gpus_matches_method_section_8():
     assert params == pytest.approx(1.42e9, rel=0.01)
     # 16 bytes/param over 64 GPUs, plus two gathered blocks
     assert memory.student == pytest.approx(16 * params / 64 + 2 * block_parameter_count(config.model) * 2)
-    assert memory.teacher == pytest.approx(2 * params)  # replicated bf16 teacher: METHOD's 2.6 GB at 1.3 B
-    # 21 frames x 1560 tokens x (K, V) x 1536 x 30 layers x 2 bytes = 6.0 GB (METHOD section 4)
+    assert memory.teacher == pytest.approx(2 * params)  # replicated bf16 teacher: 2.6 GB at 1.3 B
+    # 21 frames x 1560 tokens x (K, V) x 1536 x 30 layers x 2 bytes = 6.0 GB (docs/method.md, Slow-Fast Memory)
     assert memory.kv_cache == pytest.approx(6.04e9, rel=0.01)
 
 
