@@ -7,7 +7,7 @@ its log-sum-exp (the online softmax), so the result equals attention over the wh
 The visiting shard carries its block ids, so block masks and padding hold across ranks.
 
 The per-step attention is written in plain torch (float32 scores of one query shard against
-one key shard, `QUERY_CHUNK` queries at a time so a long shard never holds its whole score
+one key shard, in query chunks of bounded size so a long shard never holds its whole score
 matrix) because it must return the log-sum-exp, which the local attention signature does not;
 autograd differentiates through it and through `ring_shift`, whose backward sends gradients
 back around the ring. Masked scores get a large finite negative value rather than
@@ -22,16 +22,19 @@ import torch.distributed as dist
 from ctxf.parallel.collectives import Group, ring_shift
 
 _HIDDEN_SCORE = -1e30
-# queries per score matrix: [B, H, QUERY_CHUNK, Sk] float32 at a time, never [B, H, Sq, Sk] (estimates.py counts it)
-QUERY_CHUNK = 1024
+# elements of one float32 score matrix [B, H, chunk, Sk] (64 MiB): queries are taken in chunks that
+# fit, never the whole [B, H, Sq, Sk] at once (estimates.py counts three of these alive)
+SCORE_ELEMENTS = 2 ** 24
 
 
 def _attend_shard(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_blocks: torch.Tensor,
                   key_blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of `q [B, Sq, H, D]` to one key shard: output `[B, Sq, H, D]` and log-sum-exp `[B, Sq, H]`,
-    `QUERY_CHUNK` queries at a time."""
-    parts = [_attend_chunk(q[:, start:start + QUERY_CHUNK], k, v, query_blocks[start:start + QUERY_CHUNK], key_blocks)
-             for start in range(0, q.shape[1], QUERY_CHUNK)]
+    in query chunks whose score matrix has at most `SCORE_ELEMENTS` elements."""
+    batch, _, heads, _ = q.shape
+    chunk = max(1, SCORE_ELEMENTS // (batch * heads * k.shape[1]))
+    parts = [_attend_chunk(q[:, start:start + chunk], k, v, query_blocks[start:start + chunk], key_blocks)
+             for start in range(0, q.shape[1], chunk)]
     return torch.cat([out for out, _ in parts], dim=1), torch.cat([lse for _, lse in parts], dim=1)
 
 
