@@ -32,9 +32,10 @@ Memory per GPU (METHOD.md section 8):
   plus per-token RoPE angles s head_dim x 4 (float32) and per-frame modulation F 13 d x 4.
   Critic and student training: with activation checkpointing the L block inputs L s d b plus
   one block being recomputed s (16 d + 2 f) b (without: L s (16 d + 2 f) b), plus the same
-  attention working set and output latents; with a ring, autograd also keeps every query
-  chunk's float32 probabilities and exponentials, 2 (H / U)(S / R)^2 x 4 per block kept; all
-  times m.
+  attention working set and output latents; with a ring, autograd also keeps, per ring step,
+  the visiting k, v and the online softmax's float32 partials, R (2 b + 3 x 4)(S / R)(d / U)
+  per block kept, and the backward recomputes one query chunk's scores at a time (four float32
+  matrices of `ring.SCORE_ELEMENTS`); all times m.
   Local attention is assumed O(tokens) in memory (flash / memory-efficient kernels); a dense
   SDPA mask or score matrix would add S^2 terms.
 - KV: the student's memory cache, capacity frames x frame_seq_len x 2 (K, V) x d x L x b x m
@@ -66,8 +67,9 @@ LIVE_WIDTHS_FFN = (9, 2)  # (d-wide, f-wide) tensors per token alive in a no-gra
 LIVE_WIDTHS_ATTENTION = 8  # d-wide tensors per token alive around a no-grad block's attention
 LIVE_WIDTHS_HEAD = 5  # d-wide tensors per token alive in the output head
 SAVED_WIDTHS_TRAINING = (16, 2)  # (d-wide, f-wide) tensors per token a block keeps for its backward
-LIVE_SCORE_MATRICES = 3  # ring attention: score matrices of SCORE_ELEMENTS alive at once (forward)
-SAVED_SCORE_MATRICES = 2  # ring attention: [B, H, Sq, Sk] tensors autograd keeps per block (probs, exp)
+LIVE_SCORE_MATRICES = 3  # ring attention: float32 score matrices of SCORE_ELEMENTS alive at once (forward)
+BACKWARD_SCORE_MATRICES = 4  # ring attention backward: one chunk's recomputed scores, probabilities and their grads
+RING_PARTIALS = 3  # float32 (S / R)(d / U) tensors the online softmax keeps per ring step for backward
 FLOAT32 = 4  # RoPE angles, modulation and ring scores are float32 whatever the precision
 MODULATION_WIDTHS = 13  # d-wide float32 tensors per frame: the six modulations, a block's table, the head's
 
@@ -150,12 +152,12 @@ def _attention_working_set(sequence: int, tokens_per_rank: int, parallel_plan: P
     return working
 
 
-def _ring_saved_scores(sequence: int, parallel_plan: ParallelPlan, num_heads: int) -> float:
-    """Bytes autograd keeps per block for the ring's float32 probabilities (nothing without a ring)."""
-    if parallel_plan.ring_degree == 1:
+def _ring_saved(sequence: int, parallel_plan: ParallelPlan, dim: int, act: int) -> float:
+    """Bytes autograd keeps per block for the ring steps: visiting k, v and float32 partials (none without a ring)."""
+    u, r = parallel_plan.ulysses_degree, parallel_plan.ring_degree
+    if r == 1:
         return 0.0
-    shard = math.ceil(sequence / parallel_plan.ring_degree)
-    return SAVED_SCORE_MATRICES * num_heads / parallel_plan.ulysses_degree * shard * sequence * FLOAT32
+    return r * (2 * act + RING_PARTIALS * FLOAT32) * math.ceil(sequence / r) * dim / u
 
 
 def _per_rank_fixed(tokens_per_rank: int, num_frames: int, model: ModelConfig) -> float:
@@ -184,12 +186,13 @@ def _training_activations(tokens_per_rank: int, sequence: int, num_frames: int, 
     m = config.model
     d_wide, f_wide = SAVED_WIDTHS_TRAINING
     one_block = tokens_per_rank * (d_wide * m.dim + f_wide * m.ffn_dim) * act
-    ring_scores = _ring_saved_scores(sequence, parallel_plan, m.num_heads)
+    ring = _ring_saved(sequence, parallel_plan, m.dim, act)
     if config.parallel.activation_checkpointing:
-        kept = m.num_layers * tokens_per_rank * m.dim * act + one_block + ring_scores
+        kept = m.num_layers * tokens_per_rank * m.dim * act + one_block + ring
     else:
-        kept = m.num_layers * (one_block + ring_scores)
-    return (kept + _attention_working_set(sequence, tokens_per_rank, parallel_plan, m.dim, act)
+        kept = m.num_layers * (one_block + ring)
+    recompute = BACKWARD_SCORE_MATRICES * SCORE_ELEMENTS * FLOAT32 if parallel_plan.ring_degree > 1 else 0
+    return (kept + recompute + _attention_working_set(sequence, tokens_per_rank, parallel_plan, m.dim, act)
             + _output_latents(tokens_per_rank, sequence, m, act) + _per_rank_fixed(tokens_per_rank, num_frames, m))
 
 
