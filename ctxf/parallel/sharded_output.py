@@ -15,11 +15,15 @@ instead of the model width (16 x 4 = 64 against 1536 at Wan2.1-1.3B scale). Two 
 
 Either way each rank of the group ends with the whole sample's loss and the group's parameter
 gradients add up to P times the sample's; engines.py explains why that is what DeepSpeed needs.
+
+It is a NamedTuple because DeepSpeed ZeRO-3 looks for tensors only in tuples, lists and dicts of
+a module's output: it hooks `local` there to gather the output head's parameters again for the
+backward, and would not see the tensor inside any other object.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed.nn.functional as dist_nn
@@ -29,8 +33,7 @@ from ctxf.parallel.collectives import Group
 from ctxf.parallel.sharding import SequenceShard
 
 
-@dataclass
-class ShardedOutput:
+class ShardedOutput(NamedTuple):
     local: torch.Tensor  # [B, s, ph*pw*C] output patches of this rank's tokens (padding included)
     shard: SequenceShard
     grid: tuple[int, int, int]  # (frames, grid_height, grid_width) of the whole sample
