@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ctxf.config import Config, ConfigError
+from ctxf.parallel.estimates import block_parameter_count
 from ctxf.parallel.plan import ParallelPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +26,13 @@ DERIVED_FIELDS = {
     "fp16": "train.precision (fp16 is not supported)",
     "optimizer": "train.<role>_lr, <role>_betas, weight_decay (a torch AdamW)",
     "scheduler": "the trainer (no DeepSpeed scheduler)",
+}
+# zero_optimization fields derived from the model, so that ZeRO-3 holds what estimates.py counts:
+# the block running and the one prefetched, never the whole model gathered
+DERIVED_ZERO_FIELDS = {
+    "stage3_max_live_parameters": "2 x the parameters of one block (model.*)",
+    "stage3_max_reuse_distance": "the parameters of one block (model.*): a block recomputed for its backward "
+                                 "keeps its parameters",
 }
 
 
@@ -46,9 +54,15 @@ def deepspeed_config(config: Config, parallel_plan: ParallelPlan) -> dict:
     for key, source in DERIVED_FIELDS.items():
         if key in ds_config:
             raise ConfigError(f"{path} sets {key!r}; remove it: it is derived from {source}")
-    stage = ds_config.get("zero_optimization", {}).get("stage")
+    zero = ds_config.get("zero_optimization", {})
+    for key, source in DERIVED_ZERO_FIELDS.items():
+        if key in zero:
+            raise ConfigError(f"{path} sets 'zero_optimization.{key}'; remove it: it is derived from {source}")
+    stage = zero.get("stage")
     if stage != 3:
         raise ConfigError(f"{path}: zero_optimization.stage is {stage}; the student and critic engines need 3")
+    block = block_parameter_count(config.model)
+    zero.update(stage3_max_live_parameters=2 * block, stage3_max_reuse_distance=block)
     ds_config.update(
         train_micro_batch_size_per_gpu=parallel_plan.micro_batch_size,
         gradient_accumulation_steps=parallel_plan.gradient_accumulation_steps,
