@@ -6,9 +6,10 @@ embedder and feed-forward are used as they are; the attention, block and model f
 own because diffusers' Wan cannot take a KV cache, a block-causal mask or RoPE positions chosen
 by a memory, and the student needs all three.
 
-The forward is split in three stages (`embed`, `run_blocks`, `unembed`) so that context
-parallelism can shard the token sequence between them from outside (`ctxf.parallel`) without a
-single distributed line in here.
+The forward is split in stages (`embed`, `run_blocks`, `head`, `unpatchify`) so that context
+parallelism can run the first three on one shard of the tokens (`embed(..., token_index=)`
+patch-embeds only those tokens) from outside (`ctxf.parallel`) without a single distributed
+line in here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 from diffusers.models.attention import FeedForward
+from einops import rearrange
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedding
 from einops import rearrange
@@ -43,13 +45,7 @@ class TokenBatch:
     modulation: torch.Tensor  # [B, F, 6, dim] timestep projection per frame, float32
     head_modulation: torch.Tensor  # [B, F, dim] timestep embedding per frame, float32
     text: torch.Tensor  # [B, L, dim] projected text
-    grid: tuple[int, int, int]  # (frames, grid_height, grid_width) of the input
-
-    def select_tokens(self, index: torch.Tensor) -> "TokenBatch":
-        """The same batch restricted to the tokens `index` (a shard, for context parallelism)."""
-        return replace(self, hidden=self.hidden[:, index], frame_index=self.frame_index[index],
-                       rope_cos=self.rope_cos[index], rope_sin=self.rope_sin[index],
-                       query_blocks=None if self.query_blocks is None else self.query_blocks[index])
+    grid: tuple[int, int, int]  # (frames, grid_height, grid_width) of the whole input, sharded or not
 
 
 def _per_token(per_frame: torch.Tensor, frame_index: torch.Tensor) -> torch.Tensor:
@@ -178,13 +174,15 @@ class WanDiT(nn.Module):
         if frame_positions is None and memory is not None:
             frame_positions = memory.query_frame_positions
         tokens = self.embed(latents, timestep, text, frame_positions, num_frames_per_block, frame_blocks)
-        hidden, kv = self.run_blocks(tokens, memory)
-        out = self.unembed(hidden, tokens)
+        hidden, kv = self.run_blocks(tokens, memory, return_kv=return_kv)
+        out = self.unpatchify(self.head(hidden, tokens), tokens.grid)
         return (out, kv) if return_kv else out
 
     def embed(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
               frame_positions: torch.Tensor | None = None, num_frames_per_block: int | None = None,
-              frame_blocks: torch.Tensor | None = None) -> TokenBatch:
+              frame_blocks: torch.Tensor | None = None, token_index: torch.Tensor | None = None) -> TokenBatch:
+        """Tokens of `latents [B, C, F, H, W]`; with `token_index [s]` (positions in the
+        (frame, row, column) token order) only those tokens, with their RoPE angles and frames."""
         batch, _, frames, height, width = latents.shape
         _, patch_h, patch_w = self.cfg.patch_size
         grid_h, grid_w = height // patch_h, width // patch_w
@@ -196,8 +194,15 @@ class WanDiT(nn.Module):
         if frame_positions.shape != (frames,):
             raise ValueError(f"frame_positions has shape {tuple(frame_positions.shape)}, expected ({frames},)")
 
-        # the patch embedding gives [B, dim, F, gh, gw]; tokens run frame by frame, row by row
-        hidden = rearrange(self.patch_embedding(latents), "b c f h w -> b (f h w) c").contiguous()
+        tokens_per_frame = grid_h * grid_w
+        if token_index is None:
+            # the patch embedding gives [B, dim, F, gh, gw]; tokens run frame by frame, row by row
+            hidden = rearrange(self.patch_embedding(latents), "b c f h w -> b (f h w) c").contiguous()
+            frame_index = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
+        else:
+            token_index = token_index.to(device)
+            hidden = self._embed_patches(latents, token_index)
+            frame_index = token_index // tokens_per_frame
         per_frame_t = timestep[:, None].expand(batch, frames) if timestep.ndim == 1 else timestep
         if per_frame_t.shape != (batch, frames):
             raise ValueError(f"timestep has shape {tuple(timestep.shape)}; give [B] or [B, F] = [{batch}, {frames}]")
@@ -205,9 +210,7 @@ class WanDiT(nn.Module):
             per_frame_t.flatten(), text, timestep_seq_len=frames)
         modulation = rearrange(time_proj.float(), "b f (six c) -> b f six c", six=6)  # shift/scale/gate x 2
 
-        tokens_per_frame = grid_h * grid_w
-        frame_index = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
-        cos, sin = self.rope.angles(frame_positions.to(device), grid_h, grid_w)
+        cos, sin = self.rope.angles(frame_positions.to(device), grid_h, grid_w, token_index)
         query_blocks = None
         if frame_blocks is not None:
             if frame_blocks.shape != (frames,):
@@ -235,7 +238,21 @@ class WanDiT(nn.Module):
         device = memory.keys[0].device
         return self.rope.angles(memory.key_frame_positions.to(device), grid_h, grid_w)
 
-    def run_blocks(self, tokens: TokenBatch, memory: MemoryView | None = None) -> tuple[torch.Tensor, list[KV]]:
+    def _embed_patches(self, latents: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
+        """`[B, s, dim]`: the patch embedding of the tokens `token_index` only (the same convolution,
+        run on a batch of single patches, so ZeRO-3 still gathers its weights on call)."""
+        batch = latents.shape[0]
+        patch_t, patch_h, patch_w = self.cfg.patch_size
+        # [B, C, F*pt, gh*ph, gw*pw] -> [B, F*gh*gw, C, pt, ph, pw], then this shard's tokens
+        patches = rearrange(latents, "b c (f pt) (gh ph) (gw pw) -> b (f gh gw) c pt ph pw",
+                            pt=patch_t, ph=patch_h, pw=patch_w).index_select(1, token_index)
+        # [B*s, C, pt, ph, pw] -> [B*s, dim, 1, 1, 1] -> [B, s, dim]
+        return self.patch_embedding(patches.flatten(0, 1)).reshape(batch, len(token_index), -1)
+
+    def run_blocks(self, tokens: TokenBatch, memory: MemoryView | None = None,
+                   return_kv: bool = False) -> tuple[torch.Tensor, list[KV]]:
+        """The blocks over `tokens`; each layer's (k, v) of the input is kept only with `return_kv`
+        (a caller that does not store them should not hold L of them)."""
         has_past = memory is not None and memory.num_cached_frames > 0
         past_angles = None
         if has_past and not memory.keys_rotated:  # rotated here, one layer at a time
@@ -254,16 +271,30 @@ class WanDiT(nn.Module):
                     block, hidden, tokens, past, self.attention_fn, use_reentrant=False)
             else:
                 hidden, kv = block(hidden, tokens, past, self.attention_fn)
-            kv_out.append(kv)
+            if return_kv:
+                kv_out.append(kv)
         return hidden, kv_out
 
-    def unembed(self, hidden: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
-        frames, grid_h, grid_w = tokens.grid
-        # [1, 2, dim] + [B, F, 1, dim] -> shift, scale [B, F, dim] -> per token [B, S, dim]
+    def head(self, hidden: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
+        """The output head per token: `[B, s, dim]` -> `[B, s, ph*pw*C]` output patches."""
+        # [1, 2, dim] + [B, F, 1, dim] -> shift, scale [B, F, dim] -> per token [B, s, dim]
         shift, scale = (self.scale_shift_table + tokens.head_modulation[:, :, None]).unbind(2)
         shift, scale = _per_token(shift, tokens.frame_index), _per_token(scale, tokens.frame_index)
-        out = self.proj_out((self.norm_out(hidden.float()) * (1 + scale) + shift).to(hidden.dtype))
-        _, patch_h, patch_w = self.cfg.patch_size
-        # each token's ph * pw * C outputs are its patch of latent pixels, channels last
-        return rearrange(out, "b (f gh gw) (ph pw c) -> b c f (gh ph) (gw pw)", f=frames, gh=grid_h, gw=grid_w,
-                         ph=patch_h, pw=patch_w)
+        return self.proj_out((self.norm_out(hidden.float()) * (1 + scale) + shift).to(hidden.dtype))
+
+    def unpatchify(self, patches: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """`[B, F*gh*gw, ph*pw*C]` output patches of every token -> latents `[B, C, F, H, W]`."""
+        return unpatchify(patches, grid, tuple(self.cfg.patch_size[1:]))
+
+
+def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int]) -> torch.Tensor:
+    """`[B, F*gh*gw, ph*pw*C]` (the output head's layout) -> `[B, C, F, gh*ph, gw*pw]`."""
+    frames, grid_h, grid_w = grid
+    return rearrange(patches, "b (f gh gw) (ph pw c) -> b c f (gh ph) (gw pw)",
+                     f=frames, gh=grid_h, gw=grid_w, ph=patch[0], pw=patch[1])
+
+
+def patchify(latents: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """The inverse of `unpatchify`: `[B, C, F, H, W]` -> `[B, F*gh*gw, ph*pw*C]`, so a target can be
+    compared with output patches token by token."""
+    return rearrange(latents, "b c f (gh ph) (gw pw) -> b (f gh gw) (ph pw c)", ph=patch[0], pw=patch[1])
