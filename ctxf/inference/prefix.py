@@ -2,7 +2,7 @@
 
 A video is decoded with PyAV, resampled to `video.video_fps` and scaled to cover the model's
 frame size and centre-cropped, exactly as `data_pipeline` prepares training clips (its
-`decode_frames` / `split_clips` / `ClipEncoder`, reused here), then encoded through the
+`VideoFrames` / `split_clips` / `ClipEncoder`, reused here), then encoded through the
 configured codec (pixel or Wan VAE). An image is the first frame of a video of one frame: it
 becomes the first latent frame, as in image-to-video.
 
@@ -20,7 +20,7 @@ import torch
 from ctxf.config import Config
 from ctxf.tensor_files import load_tensor
 from data_pipeline.clip_encoding import ClipEncoder
-from data_pipeline.video_io import decode_frames, split_clips
+from data_pipeline.video_io import VideoFrames, split_clips
 
 
 def load_prefix(cfg: Config, encoder: ClipEncoder) -> torch.Tensor | None:
@@ -61,7 +61,7 @@ def video_frames(path: str, cfg: Config, encoder: ClipEncoder, what: str = "--pr
     width = cfg.video.latent_width * encoder.spatial_stride
     fps = cfg.video.video_fps
     try:
-        frames = list(decode_frames(path, fps, height, width))
+        frames = list(VideoFrames(path, fps, height, width))
     except (av.FFmpegError, UnicodeDecodeError) as err:
         raise ValueError(f"{what} {path}: PyAV cannot decode it ({err}); give a video or image file") from None
     if not frames:
