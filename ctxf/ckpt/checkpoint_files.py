@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ctxf.ckpt.checkpoint_config import CONFIG_NAME, diffusers_config, wan_config
@@ -145,9 +146,17 @@ def _weight_files(directory: Path) -> list[Path]:
                           f"{WEIGHTS_NAME}, shards with *{INDEX_SUFFIX}, *.safetensors, or one torch file")
 
 
+def read_safetensors(path: Path) -> StateDict:
+    """Every tensor of a .safetensors file; CheckpointError naming the file when it is damaged."""
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or damaged: {err})") from err
+
+
 def _read_file(path: Path, state_dict_key: str | None) -> StateDict:
     if path.suffix == ".safetensors":
-        return load_file(path)
+        return read_safetensors(path)
     if path.suffix not in TORCH_SUFFIXES:
         raise CheckpointError(f"{path}: unknown weights file type {path.suffix!r}; give .safetensors, "
                               f"{', '.join(TORCH_SUFFIXES)} or a directory")
@@ -155,8 +164,17 @@ def _read_file(path: Path, state_dict_key: str | None) -> StateDict:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path} holds objects other than tensors and plain containers, which are not "
-                              f"loaded for safety; re-save its state dict alone ({err})") from err
+                              f"loaded for safety; re-save its state dict alone ({error_summary(err)})") from err
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path} is not a readable torch file (truncated or damaged: {error_summary(err)})") from err
     return _unwrap(loaded, state_dict_key, path)
+
+
+def error_summary(err: Exception) -> str:
+    """The line of a (long, multi-line) torch.load error that says what was wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    telling = [line for line in lines if "WeightsUnpickler error" in line]
+    return (telling or lines or [type(err).__name__])[0]
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -3,6 +3,7 @@
     TensorSpec(name, shape, dtype)                  what a tensor will be, before it exists
     write_streaming(path, specs, produce)           one .safetensors file, tensors made on demand
     plan_shards(specs, max_shard_size)              {file name: [tensor names]}, diffusers' names
+    write_file(path, specs, produce)                the same with a progress bar
     write_weights(directory, specs, produce, ...)   one file, or shards plus an index above a size
 
 `safetensors.torch.save_file` takes a complete dict of tensors: a whole shard in memory at once
@@ -82,6 +83,12 @@ def write_streaming(path: Path, specs: list[TensorSpec], produce: Producer, meta
             del tensor
             if progress is not None:
                 progress.update(spec.nbytes)
+
+
+def write_file(path: Path, specs: list[TensorSpec], produce: Producer, description: str = "writing") -> None:
+    """One .safetensors file, streamed, with a progress bar."""
+    with tqdm(total=sum(s.nbytes for s in specs), unit="B", unit_scale=True, desc=description) as progress:
+        write_streaming(path, specs, produce, {"format": "pt"}, progress)
 
 
 def plan_shards(specs: list[TensorSpec], max_shard_size: int | str | None) -> dict[str, list[str]]:

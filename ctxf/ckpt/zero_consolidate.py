@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ctxf.ckpt.checkpoint_files import error_summary
 from ctxf.ckpt.safetensors_stream import TensorSpec
 from ctxf.ckpt.wan_keys import CheckpointError
 
@@ -75,11 +76,11 @@ def load_shard_file(path: Path) -> dict:
             return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path} holds objects other than tensors, plain containers and DeepSpeed's "
-                              f"known checkpoint classes; it is not loaded for safety ({str(err).splitlines()[-1]})"
+                              f"known checkpoint classes; it is not loaded for safety ({error_summary(err)})"
                               ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable DeepSpeed checkpoint file (truncated or damaged: "
-                              f"{str(err).splitlines()[0]})") from err
+                              f"{error_summary(err)})") from err
 
 
 def find_zero_dir(path: str | Path, role: str | None = None) -> tuple[Path, str]:
