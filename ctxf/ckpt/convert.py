@@ -130,13 +130,14 @@ def zero_to_safetensors(src: str | Path, dst: str | Path, *, role: str | None = 
     """Consolidate a ZeRO-3 checkpoint, one tensor in memory at a time. The result holds exactly the
     tensors DeepSpeed's consolidation gives (adapters unmerged); for a training step whose role is a
     plain model it is also a diffusers directory (config.json from the run's config)."""
-    zero_dir, description = find_zero_dir(src, role)
-    zero = ZeroCheckpoint(zero_dir)
+    source = find_zero_dir(src, role)
+    zero = ZeroCheckpoint(source.tag_dir)
     specs = zero.specs(dtype or torch.float32)
+    description = source.description
     dst = Path(dst)
     cfg = None
-    if is_training_run(Path(src)) and not any(is_adapter_key(s.name) for s in specs):
-        cfg = _manifest_model_config(read_manifest(resolve_step_dir(src)))
+    if source.step_dir is not None and not any(is_adapter_key(s.name) for s in specs):
+        cfg = _manifest_model_config(read_manifest(source.step_dir))
     with atomic_output(dst, overwrite) as tmp:
         if dst.suffix == ".safetensors":
             if max_shard_size is not None:

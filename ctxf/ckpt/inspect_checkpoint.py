@@ -24,7 +24,7 @@ from ctxf.ckpt.checkpoint_files import read_checkpoint
 from ctxf.ckpt.training_checkpoint import resolve_step_dir, verify_step
 from ctxf.ckpt.training_weights import is_training_run
 from ctxf.ckpt.wan_keys import CheckpointError, detect_format, wan_to_diffusers
-from ctxf.ckpt.zero_consolidate import ZeroCheckpoint, find_zero_dir
+from ctxf.ckpt.zero_consolidate import ZeroCheckpoint, deepspeed_tag_dir, find_zero_dir
 from ctxf.models.lora import is_adapter_key
 from ctxf.models.weights import KNOWN_MODELS
 
@@ -130,19 +130,15 @@ def inspect_path(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
+    zero_dir = deepspeed_tag_dir(path) if path.is_dir() else None
+    if zero_dir is not None:
+        zero = ZeroCheckpoint(zero_dir)
+        report = {"path": str(path), "format": "DeepSpeed ZeRO-3 checkpoint", "world_size": zero.world_size,
+                  "deepspeed_version": zero.ds_version}
+        report.update(_model_report(_zero_shapes(zero), None))
+        return report
     if is_training_run(path):
         return _inspect_training_step(path)
-    if path.is_dir() and not any(path.glob("*.safetensors")) and not (path / "transformer").is_dir():
-        try:
-            zero_dir, _ = find_zero_dir(path)
-        except CheckpointError:
-            zero_dir = None
-        if zero_dir is not None:
-            zero = ZeroCheckpoint(zero_dir)
-            report = {"path": str(path), "format": "DeepSpeed ZeRO-3 checkpoint", "world_size": zero.world_size,
-                      "deepspeed_version": zero.ds_version}
-            report.update(_model_report(_zero_shapes(zero), None))
-            return report
     shapes, config, where = _weights_shapes(path)
     if shapes and all(is_adapter_key(k) for k in shapes):
         report = {"path": str(path), "format": "LoRA adapter", **_tensor_report(shapes), "lora": _lora_summary(shapes)}
@@ -168,9 +164,8 @@ def _inspect_training_step(path: Path) -> dict:
               "roles": {}}
     model = manifest.get("config", {}).get("model")
     for role, info in manifest.get("roles", {}).items():
-        zero_dir, _ = find_zero_dir(step_dir, role)
-        shapes = _zero_shapes(ZeroCheckpoint(zero_dir))
-        role_report = {"ema": bool(info.get("ema")), "lora": info.get("lora")}
+        shapes = _zero_shapes(ZeroCheckpoint(find_zero_dir(step_dir, role).tag_dir))
+        role_report = {"ema": bool(info.get("ema")), "lora_config": info.get("lora")}
         role_report.update(_model_report(shapes, None))
         if model:
             role_report["geometry"].update({k: model[k] for k in ("num_heads", "head_dim") if k in model})

@@ -83,33 +83,50 @@ def load_shard_file(path: Path) -> dict:
                               f"{error_summary(err)})") from err
 
 
-def find_zero_dir(path: str | Path, role: str | None = None) -> tuple[Path, str]:
-    """(tag directory with the shard files, description) for a ctxf training step or run directory
-    (its `role`), a DeepSpeed save directory with `latest`, or a tag directory itself."""
+def deepspeed_tag_dir(path: Path) -> Path | None:
+    """The tag directory of a DeepSpeed checkpoint: `path` itself, or what its `latest` names."""
+    if any(path.glob("*_optim_states.pt")):
+        return path
+    latest = path / "latest"
+    if latest.is_file():
+        tag_dir = path / latest.read_text().strip()
+        if tag_dir.is_dir() and any(tag_dir.glob("*_optim_states.pt")):
+            return tag_dir
+    return None
+
+
+@dataclass(frozen=True)
+class ZeroSource:
+    tag_dir: Path  # the directory holding the shard files
+    description: str
+    step_dir: Path | None  # the ctxf training step it belongs to, if any
+
+
+def find_zero_dir(path: str | Path, role: str | None = None) -> ZeroSource:
+    """The shard files of a DeepSpeed checkpoint (a save directory with `latest`, or a tag
+    directory) or of one role of a ctxf training step or run directory."""
     from ctxf.ckpt.training_checkpoint import DEEPSPEED_TAG, resolve_step_dir, verify_step
     from ctxf.ckpt.training_weights import is_training_run, split_role_key
 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
-    if is_training_run(path):
-        step_dir = resolve_step_dir(path)
-        manifest = verify_step(step_dir)
-        role, ema = split_role_key(role, manifest, step_dir)
-        if ema:
-            raise CheckpointError(f"{step_dir}: EMA weights are stored whole in {role}_ema.safetensors, not as ZeRO "
-                                  f"shards; convert them with `ctxf-convert to-diffusers {step_dir} DST --role {role} "
-                                  f"--ema`")
-        return step_dir / role / DEEPSPEED_TAG, f"{step_dir} ({role})"
-    if role is not None:
-        raise CheckpointError(f"{path} is not a ctxf training step, so --role {role} does not apply")
-    latest = path / "latest"
-    if not any(path.glob("*_optim_states.pt")) and latest.is_file():
-        path = path / latest.read_text().strip()
-    if not any(path.glob("*_optim_states.pt")):
+    tag_dir = deepspeed_tag_dir(path) if path.is_dir() else None
+    if tag_dir is not None:
+        if role is not None:
+            raise CheckpointError(f"{path} is one DeepSpeed checkpoint, not a ctxf training step: leave out --role")
+        return ZeroSource(tag_dir, str(tag_dir), None)
+    if not is_training_run(path):
         raise CheckpointError(f"{path} holds no DeepSpeed ZeRO shard files (*_optim_states.pt); give a training step "
                               f"directory, a DeepSpeed checkpoint directory or its tag directory")
-    return path, str(path)
+    step_dir = resolve_step_dir(path)
+    manifest = verify_step(step_dir)
+    role, ema = split_role_key(role, manifest, step_dir)
+    if ema:
+        raise CheckpointError(f"{step_dir}: EMA weights are stored whole in {role}_ema.safetensors, not as ZeRO "
+                              f"shards; convert them with `ctxf-convert to-diffusers {step_dir} DST --role {role} "
+                              f"--ema`")
+    return ZeroSource(step_dir / role / DEEPSPEED_TAG, f"{step_dir} ({role})", step_dir)
 
 
 @dataclass(frozen=True)
