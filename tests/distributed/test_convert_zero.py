@@ -219,3 +219,19 @@ def test_inspect_training_step(runs, capsys):
     assert teacher["num_parameters"] == sum(t.numel() for t in expected.values())
     assert teacher["lora_config"]["rank"] == 4 and teacher["lora"]["ranks"] == [4]
     assert teacher["geometry"]["num_layers"] == 2 and teacher["geometry"]["num_heads"] == 2
+
+
+def test_inspect_deepspeed_checkpoint_and_adapter(runs, capsys):
+    step = runs["lora"] / STEP
+    assert main(["inspect", str(step / "teacher"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    expected = _deepspeed_consolidation(step)
+    assert (report["format"], report["world_size"]) == ("DeepSpeed ZeRO-3 checkpoint", 2)
+    assert report["num_parameters"] == sum(t.numel() for t in expected.values())
+
+    adapter = load_file(step / "teacher_lora.safetensors")
+    assert main(["inspect", str(step / "teacher_lora.safetensors"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "LoRA adapter" and report["lora"]["ranks"] == [4]
+    assert report["num_parameters"] == sum(t.numel() for t in adapter.values())
+    assert report["adapter_config"]["alpha"] == 8

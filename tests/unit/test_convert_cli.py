@@ -266,3 +266,21 @@ def test_module_entry_point_and_help(tmp_path):
     assert result.returncode == 0
     for command in ("inspect", "to-diffusers", "to-wan", "zero-to-safetensors", "merge-lora"):
         assert command in result.stdout
+
+
+def test_inputs_that_are_not_what_they_claim_are_refused(tmp_path, capsys):
+    model = _diffusers_model()
+    model.save_pretrained(tmp_path / "diffusers")
+    weights = tmp_path / "diffusers" / WEIGHTS
+    (tmp_path / "diffusers.json").write_text(json.dumps({"rank": 2, "alpha": 2}))
+    _refused(capsys, ["merge-lora", str(tmp_path / "m"), "--adapter", str(weights), "--base", str(weights)],
+             str(weights), "is not a LoRA adapter")
+    _refused(capsys, ["zero-to-safetensors", str(tmp_path / "diffusers"), str(tmp_path / "z")],
+             str(tmp_path / "diffusers"), "no DeepSpeed ZeRO shard files")
+    _refused(capsys, ["to-diffusers", str(tmp_path / "diffusers"), str(tmp_path / "d"), "--role", "student"],
+             str(tmp_path / "diffusers"), "not a training step")
+    (tmp_path / "notes.safetensors").write_bytes(b"this is text, not tensors")
+    _refused(capsys, ["inspect", str(tmp_path / "notes.safetensors")], str(tmp_path / "notes.safetensors"),
+             "not a readable safetensors file")
+    for name in ("m", "z", "d"):
+        _nothing_written(tmp_path / name)
