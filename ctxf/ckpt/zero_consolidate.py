@@ -1,6 +1,6 @@
 """Consolidating a DeepSpeed ZeRO-3 checkpoint one tensor at a time, with bounded memory.
 
-    find_zero_dir(path, role)        the tag directory holding the shard files (`<step>/<role>/zero`)
+    find_zero_dir(path, role)        where the shard files are (`<step>/<role>/zero`, or a DeepSpeed dir)
     ZeroCheckpoint(directory)        every rank's shard files, read for their layout
       .specs(dtype)                  a TensorSpec per consolidated tensor, in DeepSpeed's order
       .tensor(spec)                  one whole tensor, gathered from the ranks' partitions
@@ -19,8 +19,10 @@ Reused from DeepSpeed's `zero_to_fp32`: the file discovery (`get_model_state_fil
 - its lazy mode maps the optimizer files, but every page it gathers stays resident until the
   end, and `convert_zero_checkpoint_to_state_dict` materializes a whole shard (5 GB by default)
   before saving it: the full fp32 model twice over for a model below the shard size. Here each
-  tensor is read with positioned reads (`os.pread`) at the byte offset of its slice inside each
+  tensor is read with positioned reads (`os.preadv`) at the byte offset of its slice inside each
   rank's file, so what stays in memory is one tensor and the small metadata of each file.
+  (The files are still loaded with mmap=True, only to learn where each tensor lies; no page of
+  a tensor's data is touched through the mapping.)
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ def _deepspeed_zero_to_fp32():
     with contextlib.redirect_stdout(io.StringIO()):
         from deepspeed.utils import zero_to_fp32
     return zero_to_fp32
+
+
+def _checkpoint_keys():
+    """DeepSpeed's names for the entries of its shard files (`deepspeed.checkpoint.constants`)."""
+    _deepspeed_zero_to_fp32()  # the first deepspeed import, made quiet
+    from deepspeed.checkpoint import constants
+
+    return constants
 
 
 class _UnusedDeepSpeedObject:
@@ -217,20 +227,21 @@ class ZeroCheckpoint:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
+        keys = _checkpoint_keys()
         zero_to_fp32 = _deepspeed_zero_to_fp32()
         self._partition_info = zero_to_fp32.zero3_partitioned_param_info
         model_files = self._rank_files(MODEL_FILE, zero_to_fp32.get_model_state_files)
         model_states = [load_shard_file(f) for f in model_files]
         first = model_states[0]
         self.world_size = int(first.get("dp_world_size", len(model_states)))
-        self.ds_version = first.get("ds_version")
+        self.ds_version = first.get(keys.DS_VERSION)
         optim_files = self._rank_files(OPTIM_FILE, zero_to_fp32.get_optim_files)
         self._check_ranks(model_states, optim_files)
         self.buffers = {k: (v.float() if v.is_floating_point() else v).clone()
-                        for k, v in first["module"].items() if k in first["buffer_names"]}
-        self.frozen_shapes = dict(first.get("frozen_param_shapes") or {})
+                        for k, v in first["module"].items() if k in first[keys.BUFFER_NAMES]}
+        self.frozen_shapes = dict(first.get(keys.FROZEN_PARAM_SHAPES) or {})
         self._frozen = [self._locate_fragments(f, m, self.frozen_shapes) for f, m in zip(model_files, model_states)]
-        self.param_shapes = {k: v for group in first["param_shapes"] for k, v in group.items()}
+        self.param_shapes = {k: v for group in first[keys.PARAM_SHAPES] for k, v in group.items()}
         self.shared = dict(first.get("shared_params") or {})
         self._flat = [self._read_flat_layout(f) for f in optim_files]
         self._check_sizes()
@@ -261,7 +272,7 @@ class ZeroCheckpoint:
     @staticmethod
     def _locate_fragments(path: Path, state: dict, shapes: dict) -> dict[str, FileTensor]:
         """Each frozen parameter's fragment on this rank (frozen parameters live in the model files)."""
-        fragments = state.get("frozen_param_fragments") or {}
+        fragments = state.get(_checkpoint_keys().FROZEN_PARAM_FRAGMENTS) or {}
         missing = sorted(set(shapes) - set(fragments))
         if missing:
             raise CheckpointError(f"{path} lacks the fragments of frozen parameters {missing[:5]}")
@@ -269,12 +280,13 @@ class ZeroCheckpoint:
         return dict(zip(names, locate_tensors(path, state, [fragments[n].reshape(-1) for n in names]))) if names else {}
 
     def _read_flat_layout(self, path: Path) -> FlatPartition:
+        keys = _checkpoint_keys()
         state = load_shard_file(path)
-        optimizer = state.get("optimizer_state_dict", {})
-        if int(optimizer.get("zero_stage", 0)) != 3:
-            raise CheckpointError(f"{path} is a ZeRO stage {int(optimizer.get('zero_stage', 0))} checkpoint; "
+        optimizer = state.get(keys.OPTIMIZER_STATE_DICT, {})
+        if int(optimizer.get(keys.ZERO_STAGE, 0)) != 3:
+            raise CheckpointError(f"{path} is a ZeRO stage {int(optimizer.get(keys.ZERO_STAGE, 0))} checkpoint; "
                                   f"zero-to-safetensors consolidates ZeRO-3 (use DeepSpeed's zero_to_fp32.py for others)")
-        groups = optimizer["fp32_flat_groups"]
+        groups = optimizer[keys.FP32_FLAT_GROUPS]
         if any(g.dtype != torch.float32 for g in groups):
             raise CheckpointError(f"{path}: the flat partitions are {groups[0].dtype}, not float32")
         return FlatPartition(tuple(locate_tensors(path, state, [g.reshape(-1) for g in groups])))
