@@ -82,8 +82,8 @@ def _geometry(diffusers_shapes: Shapes, config: dict | None) -> dict:
 
 
 def summarize_keys(shapes: Shapes) -> list[str]:
-    """One line per key pattern: `blocks.{0-29}.attn1.to_q.weight [1536, 1536] F32` when every block
-    has it with one shape, the key itself otherwise."""
+    """One line per key pattern: `blocks.{0-29}.attn1.to_q.weight [1536, 1536] float32` when the blocks
+    share it with one shape and dtype, the key itself outside the blocks."""
     patterns: dict[tuple[str, tuple, str], list[int]] = {}
     lines = []
     for name, tensor in shapes.items():
