@@ -48,6 +48,7 @@ bench: setup
 	$(PY) benchmarks/bench_parallel.py
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_convert.py
 
 dry-run: setup
 	$(PY) -m ctxf.train --validate-only --world-size 64 --config wan1.3b

@@ -192,6 +192,13 @@ def _damaged_torch_file(path: Path, err: Exception) -> CheckpointError:
                            f"again and compare its size and sha256 with the source")
 
 
+def error_summary(err: Exception) -> str:
+    """The line of a (long, multi-line) torch.load error that says what was wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    telling = [line for line in lines if "WeightsUnpickler error" in line]
+    return (telling or lines or [type(err).__name__])[0]
+
+
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
