@@ -1,5 +1,5 @@
-"""The SLURM tests need Debian's slurm-wlm. Without it they skip, naming the package, unless
-CTXF_REQUIRE_SLURM=1 (set by .ci/run), which turns a missing SLURM into a failure."""
+"""The SLURM cluster tests need Debian's slurm-wlm and root. Without them they skip and say why,
+unless CTXF_REQUIRE_SLURM=1 (set by .ci/run), which turns a missing SLURM into a failure."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from local_cluster import LocalSlurm, missing_commands
 
 def require_slurm() -> None:
     missing = missing_commands()
-    if not missing:
+    if missing:
+        reason = (f"SLURM is not installed (no {', '.join(missing)}): apt-get install slurm-wlm munge "
+                  f"to run these tests")
+    elif os.geteuid() != 0:
+        reason = "the local SLURM cluster needs root (slurmd starts jobs as their user): run these tests as root"
+    else:
         return
-    reason = (f"SLURM is not installed (no {', '.join(missing)}): apt-get install slurm-wlm munge "
-              f"to run these tests")
     if os.environ.get("CTXF_REQUIRE_SLURM") == "1":
         pytest.fail(f"{reason}; CTXF_REQUIRE_SLURM=1 requires them", pytrace=False)
     pytest.skip(f"{reason} (CTXF_REQUIRE_SLURM=1 makes this a failure)")
