@@ -22,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_report import pyplot, write_report
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks directory is not a package
+from bench_report import pyplot, write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = [  # name, ranks, overrides

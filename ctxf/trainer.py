@@ -111,7 +111,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def run(self, resume_from: Path | None = None) -> TrainResult:
+    def run(self, resume_from: Path | None = None, stop: StopRequest | None = None) -> TrainResult:
+        """Train to `train.num_steps`. `stop`: a StopRequest installed earlier (the entry point
+        installs it before the process group starts, so a signal during start-up is not lost)."""
         train = self.config.train
         restore_seconds = 0.0
         if resume_from is not None:
@@ -122,7 +124,7 @@ class Trainer:
         if resume_from is not None:
             log.info(f"resumed from {resume_from} at step {self.step} ({restore_seconds:.1f} s)")
         self._write_status("running", None)
-        stop = StopRequest()
+        stop = stop or StopRequest()
         batches = self.loader.batches()
         losses: dict[int, float] = {}
         checkpoint_seconds = 0.0

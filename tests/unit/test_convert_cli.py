@@ -222,7 +222,7 @@ def test_pickle_with_an_arbitrary_object_is_refused(tmp_path, capsys):
     torch.save({"state_dict": state, "args": argparse.Namespace(lr=1)}, tmp_path / "model.pt")
     dst = tmp_path / "dst"
     _refused(capsys, ["to-diffusers", str(tmp_path / "model.pt"), str(dst)], str(tmp_path / "model.pt"),
-             "not loaded for safety", "argparse.Namespace")
+             "refused because unpickling them can run arbitrary code", "argparse.Namespace")
     _nothing_written(dst)
 
 
