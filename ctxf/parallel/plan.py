@@ -1,6 +1,7 @@
 """The rank layout of a job, computed from the world size and the config alone (no process).
 
-`plan(world_size, config)` checks that the layout is possible and returns a `ParallelPlan`;
+`plan(world_size, config)` checks that the layout is possible and returns a `ParallelPlan` (or
+raises one `PlanError` naming every problem it found);
 `Topology` (topology.py) turns a plan into process groups. Ranks are numbered so that
 consecutive ranks share a node on a GPU cluster, and the groups that talk most stay inside one:
 
@@ -47,6 +48,15 @@ class SequenceLengthError(PlanError):
 
 class BatchSizeError(PlanError):
     """The global batch does not split into micro-batches over the data-parallel ranks."""
+
+
+class PlanErrors(PlanError):
+    """Several problems with one layout, reported together so one edit can fix them all."""
+
+    def __init__(self, errors: list[PlanError]):
+        self.errors = errors
+        super().__init__(f"{len(errors)} problems with the parallel layout:\n" +
+                         "\n".join(f"- {err}" for err in errors))
 
 
 @dataclass(frozen=True)
@@ -115,26 +125,36 @@ def plan(world_size: int, config: Config) -> ParallelPlan:
         if getattr(par, name) < 1:
             raise PlanError(f"parallel.{name}={getattr(par, name)} must be at least 1")
     cp = par.context_parallel_degree
+    problems: list[PlanError] = []
     if world_size % cp:
-        raise WorldSizeError(f"world size {world_size} is not divisible by parallel.context_parallel_degree={cp}; "
-                             f"use a degree among {_divisors(world_size)} or change the number of ranks")
+        problems.append(WorldSizeError(
+            f"world size {world_size} is not divisible by parallel.context_parallel_degree={cp}; "
+            f"use a degree among {_divisors(world_size)} or change the number of ranks"))
     if world_size % par.teacher_shard_degree:
-        raise WorldSizeError(f"world size {world_size} is not divisible by parallel.teacher_shard_degree="
-                             f"{par.teacher_shard_degree}; use one of {_divisors(world_size)}")
-    ulysses = _ulysses_degree(cp, par.ulysses_degree, config.model.num_heads)
+        problems.append(WorldSizeError(
+            f"world size {world_size} is not divisible by parallel.teacher_shard_degree="
+            f"{par.teacher_shard_degree}; use one of {_divisors(world_size)}"))
+    try:
+        ulysses = _ulysses_degree(cp, par.ulysses_degree, config.model.num_heads)
+    except PlanError as err:
+        problems.append(err)
     dp = world_size // cp
     per_step = train.micro_batch_size * dp
-    if train.global_batch_size % per_step:
-        raise BatchSizeError(
+    if not world_size % cp and train.global_batch_size % per_step:
+        problems.append(BatchSizeError(
             f"train.global_batch_size={train.global_batch_size} is not a multiple of train.micro_batch_size="
             f"{train.micro_batch_size} x {dp} data-parallel ranks (world {world_size} / context-parallel {cp}); "
-            f"set train.global_batch_size to a multiple of {per_step}")
+            f"set train.global_batch_size to a multiple of {per_step}"))
     num_tokens = par.teacher_num_frames * config.frame_seq_len
     if num_tokens % cp and not par.pad_sequence:
-        raise SequenceLengthError(
+        problems.append(SequenceLengthError(
             f"the teacher sequence of {num_tokens} tokens ({par.teacher_num_frames} frames x {config.frame_seq_len}) "
             f"does not divide over parallel.context_parallel_degree={cp}; set parallel.pad_sequence=true "
-            f"(padded tokens are masked) or choose frames / degree so it divides")
+            f"(padded tokens are masked) or choose frames / degree so it divides"))
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise PlanErrors(problems)
     return ParallelPlan(
         world_size=world_size, context_parallel_degree=cp, ulysses_degree=ulysses, ring_degree=cp // ulysses,
         data_parallel_size=dp, teacher_shard_degree=par.teacher_shard_degree,
