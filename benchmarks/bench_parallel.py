@@ -1,4 +1,4 @@
-"""Distributed scaling on CPU/gloo (BENCHMARKS.md section 3), measured side by side in one run.
+"""Distributed scaling on CPU/gloo, measured side by side in one run.
 
 1. Context-parallel teacher: peak tensor memory per rank of one teacher forward for cp = 1, 2, 4
    on the same sequence (8,192 tokens by default, long enough for the blocks to dominate), its

@@ -8,7 +8,7 @@ Token counts: teacher and critic see S = parallel.teacher_num_frames x frame_seq
 sharded over cp (s = ceil(S / cp) per rank); the student keeps activations for
 parallel.student_num_frames x frame_seq_len tokens, unsharded.
 
-Memory per GPU (METHOD.md section 8):
+Memory per GPU:
 - student, critic model states: 16 P / W (bf16: weight 2 + grad 2 + fp32 master 4 + Adam 8;
   fp32: weight 4 + grad 4 + Adam 8; ZeRO-3 over all W ranks), plus two gathered blocks
   (the one running and the one prefetched): 2 P_b b. (ds_configs/zero3.json; the offload
@@ -39,7 +39,7 @@ Memory per GPU (METHOD.md section 8):
   Local attention is assumed O(tokens) in memory (flash / memory-efficient kernels); a dense
   SDPA mask or score matrix would add S^2 terms.
 - KV: the student's memory cache, capacity frames x frame_seq_len x 2 (K, V) x d x L x b x m
-  (METHOD 4: 6.0 GB for 21 frames at 480x832 in bf16).
+  (6.0 GB for 21 frames at 480x832 in bf16).
 
 Communication per rank per micro-step (bytes received; a ring step sends as much as it gets):
 - ZeRO-3, each of student and critic: parameter all-gathers in forward, in backward and (with
