@@ -188,7 +188,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=128, help="latent frames of the teacher sequence (64 tokens each)")
+    parser.add_argument("--frames", type=int, default=128,
+                        help="latent frames of the teacher sequence (64 tokens each)")
     parser.add_argument("--world-size", type=int, default=64, help="GPUs of the Wan2.1-1.3B projection")
     parser.add_argument("--out", default="outputs/bench", help="directory for the JSON and the PNG")
     args = parser.parse_args()

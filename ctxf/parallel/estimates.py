@@ -26,7 +26,7 @@ Memory per GPU (docs/method.md, distribution at full scale):
       attention working set: Ulysses' head-sharded q, k, v, out 4 (S / R)(d / U) b and one
       all-to-all's send and receive buffers 2 s d b; with a ring, the visiting k, v and the
       ones arriving 4 (S / R)(d / U) b and three float32 score matrices of
-      `ring.SCORE_ELEMENTS` each;
+      `ring.SCORE_ELEMENTS` each at most;
     the output head: s 5 d b (hidden, normed, scale, shift, product) and the output latents,
       this rank's and the gathered and unpatchified whole (s + 2 S) o b;
   plus per-token RoPE angles s head_dim x 4 (float32) and per-frame modulation F 13 d x 4.
@@ -35,7 +35,7 @@ Memory per GPU (docs/method.md, distribution at full scale):
   attention working set and output latents; with a ring, autograd also keeps, per ring step,
   the visiting k, v and the online softmax's float32 partials, R (2 b + 3 x 4)(S / R)(d / U)
   per block kept, and the backward recomputes one query chunk's scores at a time (four float32
-  matrices of `ring.SCORE_ELEMENTS`); all times m.
+  matrices of at most `ring.SCORE_ELEMENTS`); all times m.
   Local attention is assumed O(tokens) in memory (flash / memory-efficient kernels); a dense
   SDPA mask or score matrix would add S^2 terms.
 - KV: the student's memory cache, capacity frames x frame_seq_len x 2 (K, V) x d x L x b x m
@@ -141,14 +141,22 @@ def _output_values(model: ModelConfig) -> int:
     return patch_h * patch_w * model.out_channels
 
 
-def _attention_working_set(sequence: int, tokens_per_rank: int, parallel_plan: ParallelPlan, dim: int,
+def _score_matrix_bytes(sequence: int, parallel_plan: ParallelPlan, num_heads: int) -> float:
+    """One float32 ring score matrix as ring.py sizes it: [H / U, chunk, S / R], chunk <= S / R queries."""
+    shard = math.ceil(sequence / parallel_plan.ring_degree)
+    heads = num_heads // parallel_plan.ulysses_degree
+    queries = min(shard, max(1, SCORE_ELEMENTS // (heads * shard)))
+    return heads * queries * shard * FLOAT32
+
+
+def _attention_working_set(sequence: int, tokens_per_rank: int, parallel_plan: ParallelPlan, model: ModelConfig,
                            act: int) -> float:
     """Ulysses' head-sharded q, k, v, out and an all-to-all's buffers; the ring's travelling k, v and scores."""
-    u, r = parallel_plan.ulysses_degree, parallel_plan.ring_degree
+    u, r, dim = parallel_plan.ulysses_degree, parallel_plan.ring_degree, model.dim
     head_sharded = math.ceil(sequence / r) * dim / u * act
     working = 4 * head_sharded + (2 * tokens_per_rank * dim * act if u > 1 else 0)
     if r > 1:
-        working += 4 * head_sharded + LIVE_SCORE_MATRICES * SCORE_ELEMENTS * FLOAT32
+        working += 4 * head_sharded + LIVE_SCORE_MATRICES * _score_matrix_bytes(sequence, parallel_plan, model.num_heads)
     return working
 
 
@@ -176,7 +184,7 @@ def _teacher_forward(tokens_per_rank: int, sequence: int, num_frames: int, confi
     d_wide, f_wide = LIVE_WIDTHS_FFN
     ffn = tokens_per_rank * (d_wide * m.dim + f_wide * m.ffn_dim) * act
     attention = (LIVE_WIDTHS_ATTENTION * tokens_per_rank * m.dim * act
-                 + _attention_working_set(sequence, tokens_per_rank, parallel_plan, m.dim, act))
+                 + _attention_working_set(sequence, tokens_per_rank, parallel_plan, m, act))
     head = LIVE_WIDTHS_HEAD * tokens_per_rank * m.dim * act + _output_latents(tokens_per_rank, sequence, m, act)
     return max(ffn, attention, head) + _per_rank_fixed(tokens_per_rank, num_frames, m)
 
@@ -191,8 +199,10 @@ def _training_activations(tokens_per_rank: int, sequence: int, num_frames: int, 
         kept = m.num_layers * tokens_per_rank * m.dim * act + one_block + ring
     else:
         kept = m.num_layers * (one_block + ring)
-    recompute = BACKWARD_SCORE_MATRICES * SCORE_ELEMENTS * FLOAT32 if parallel_plan.ring_degree > 1 else 0
-    return (kept + recompute + _attention_working_set(sequence, tokens_per_rank, parallel_plan, m.dim, act)
+    recompute = 0.0
+    if parallel_plan.ring_degree > 1:
+        recompute = BACKWARD_SCORE_MATRICES * _score_matrix_bytes(sequence, parallel_plan, m.num_heads)
+    return (kept + recompute + _attention_working_set(sequence, tokens_per_rank, parallel_plan, m, act)
             + _output_latents(tokens_per_rank, sequence, m, act) + _per_rank_fixed(tokens_per_rank, num_frames, m))
 
 
