@@ -40,6 +40,7 @@ test-distributed: setup
 bench: setup
 	$(PY) benchmarks/bench_streaming.py
 	$(PY) benchmarks/bench_peers.py
+	$(PY) benchmarks/bench_rope.py
 	$(PY) benchmarks/bench_parallel.py
 	$(PY) benchmarks/bench_data.py
 
