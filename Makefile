@@ -45,6 +45,7 @@ test-slurm: setup
 bench: setup
 	$(PY) benchmarks/bench_streaming.py
 	$(PY) benchmarks/bench_peers.py
+	$(PY) benchmarks/bench_rope.py
 	$(PY) benchmarks/bench_parallel.py
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_train.py
