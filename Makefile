@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctxf-installed
 
-.PHONY: setup run train generate test test-unit test-distributed bench dry-run clean
+.PHONY: setup run train generate test test-unit test-distributed test-slurm bench dry-run clean
 
 setup: $(STAMP)
 
@@ -39,15 +39,24 @@ test-unit: setup
 test-distributed: setup
 	$(PY) -m pytest -q tests/distributed
 
+# A real slurmctld + slurmd on this machine (needs root and `apt-get install slurm-wlm munge`);
+# CTXF_REQUIRE_SLURM=1 makes a missing SLURM a failure instead of a skip.
+test-slurm: setup
+	$(PY) -m pytest -q tests/slurm
+
 bench: setup
 	$(PY) benchmarks/bench_streaming.py
 	$(PY) benchmarks/bench_peers.py
+	$(PY) benchmarks/bench_rope.py
 	$(PY) benchmarks/bench_parallel.py
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_distill.py
 
 dry-run: setup
 	$(PY) -m ctxf.train --validate-only --world-size 64 --config wan1.3b
+	$(PY) -m ctxf.train --validate-only --world-size 64 --config wan14b
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,4 +1,4 @@
-"""Data pipeline throughput against what the tiny trainer consumes (BENCHMARKS.md section 4).
+"""Data pipeline throughput against what the tiny trainer consumes (docs/benchmarks.md).
 
 Writes curtain-world shards (or reads `--shards`), then measures in one run:
 - samples per second the `ShardLoader` delivers with 0, 1 and 2 DataLoader workers over whole
@@ -15,18 +15,21 @@ ratios less. Prints the ratios and writes JSON and a PNG bar chart under `--out`
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench_report import pyplot, write_report
 from ctxf.config import load_config
 from ctxf.data.loader import ShardLoader
 from data_pipeline.clip_encoding import ClipEncoder
 from data_pipeline.curtain import CurtainSpec
 from data_pipeline.make_curtain import write_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks directory is not a package
+from bench_report import pyplot, write_report  # noqa: E402
 
 
 def measure_loader(shards: str, num_workers: int, args, max_length: int) -> dict:

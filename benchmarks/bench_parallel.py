@@ -1,7 +1,9 @@
-"""Distributed scaling on CPU/gloo (BENCHMARKS.md section 3), measured side by side in one run.
+"""Distributed scaling on CPU/gloo (docs/benchmarks.md), measured side by side in one run.
 
 1. Context-parallel teacher: peak tensor memory per rank of one teacher forward for cp = 1, 2, 4
-   on the same sequence, and its exactness (max |difference| against cp = 1).
+   on the same sequence (8,192 tokens by default, long enough for the blocks to dominate), its
+   exactness (max |difference| against cp = 1) and the dry run's estimate of it
+   (ctxf/parallel/estimates.py) next to the measurement.
 2. ZeRO-3: parameter + optimizer bytes held per rank after one step, for 1, 2, 4 ranks.
 3. The Wan2.1-1.3B projection at --world-size GPUs from the dry run's formulas
    (ctxf/parallel/estimates.py).
@@ -9,12 +11,14 @@ Prints ratios, writes JSON and a PNG next to each other. Memory is counted, not 
 TorchDispatchMode adds up the storage of every tensor an op allocates while it is alive (model
 weights and inputs excluded), so the numbers do not depend on the machine's noise.
 
-    python benchmarks/bench_parallel.py [--frames 42] [--out outputs/bench] [--world-size 64]
+    python benchmarks/bench_parallel.py [--frames 128] [--out outputs/bench] [--world-size 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 import json
 import os
 import socket
@@ -28,15 +32,20 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from bench_report import pyplot, write_report
 from ctxf.config import load_config
 from ctxf.models.wan import WanDiT
+from ctxf.parallel.estimates import estimate_memory
 from ctxf.parallel.launch import LaunchInfo, init_distributed, shutdown
+from ctxf.parallel.plan import plan
 from ctxf.parallel.summary import projection_table
 from ctxf.parallel.topology import Topology
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks directory is not a package
+from bench_report import pyplot, write_report  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEGREES = [1, 2, 4]
+FULL_HISTORY_SECONDS = 120  # the teacher on the whole history of a 2-minute video
 # a Wan-shaped DiT small enough for a CPU, with 4 heads so Ulysses reaches cp = 4
 BENCH_MODEL = ["model.num_heads=4", "model.head_dim=16", "model.num_layers=2", "model.ffn_dim=256",
                "video.latent_height=16", "video.latent_width=16"]
@@ -88,11 +97,15 @@ def _worker(rank: int, world_size: int, port: int, result_dir: str, job: str, op
     shutdown(0)
 
 
+def teacher_config(degree: int, frames: int):
+    return load_config("tiny", BENCH_MODEL + [f"parallel.context_parallel_degree={degree}",
+                                              f"parallel.teacher_num_frames={frames}", "train.global_batch_size=1"])
+
+
 def teacher_forward_memory(world_size: int, options: dict) -> dict:
     from ctxf.parallel.teacher import FrozenTeacher
 
-    config = load_config("tiny", BENCH_MODEL + [f"parallel.context_parallel_degree={world_size}",
-                                                f"train.global_batch_size=1"])
+    config = teacher_config(world_size, options["frames"])
     torch.manual_seed(0)
     model = WanDiT(config.model)
     generator = torch.Generator().manual_seed(1)
@@ -158,6 +171,7 @@ def plot(results: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     teacher = results["teacher"]
     left.plot(DEGREES, [teacher[str(d)]["peak_bytes_per_rank"] / 1e6 for d in DEGREES], "o-", label="measured")
+    left.plot(DEGREES, [teacher[str(d)]["estimate_bytes"] / 1e6 for d in DEGREES], "x:", label="estimate")
     left.plot(DEGREES, [teacher["1"]["peak_bytes_per_rank"] / 1e6 / d for d in DEGREES], "--", label="1 / cp")
     left.set(xlabel="context-parallel degree", ylabel="peak MB per rank", xticks=DEGREES,
              title=f"teacher forward, {teacher['1']['tokens']} tokens")
@@ -174,7 +188,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=42, help="latent frames of the teacher sequence")
+    parser.add_argument("--frames", type=int, default=128,
+                        help="latent frames of the teacher sequence (64 tokens each)")
     parser.add_argument("--world-size", type=int, default=64, help="GPUs of the Wan2.1-1.3B projection")
     parser.add_argument("--out", default="outputs/bench", help="directory for the JSON and the PNG")
     args = parser.parse_args()
@@ -191,11 +206,15 @@ def main() -> None:
         output = torch.tensor(ranks[0]["output"])
         reference = output if reference is None else reference
         peak = max(r["peak_bytes"] for r in ranks)
+        config = teacher_config(degree, args.frames)
+        estimate = estimate_memory(config, plan(degree, config)).teacher_forward_activations
         results["teacher"][str(degree)] = {"peak_bytes_per_rank": peak, "tokens": ranks[0]["tokens"],
+                                           "estimate_bytes": estimate,
                                            "max_abs_diff_vs_cp1": (output - reference).abs().max().item()}
         row = results["teacher"][str(degree)]
         print(f"  cp={degree}: {peak / 1e6:8.2f} MB per rank, ratio to cp=1 "
               f"{peak / results['teacher']['1']['peak_bytes_per_rank']:.3f} (1/cp = {1 / degree:.3f}), "
+              f"estimate {estimate / 1e6:.2f} MB (x{estimate / peak:.3f} of measured), "
               f"max |out - out(cp=1)| = {row['max_abs_diff_vs_cp1']:.1e}")
 
     print("ZeRO-3 student, bytes held per rank after one step (parameters + fp32 master + Adam states)")
@@ -210,9 +229,15 @@ def main() -> None:
     config = load_config("wan1.3b", ["train.global_batch_size=64", "train.precision=bf16",
                                      "parallel.teacher_shard_degree=8"])
     table = projection_table(config, args.world_size, [1, 2, 4, 8, 16])
-    results["projection"] = {"world_size": args.world_size, "table": table}
     print(f"\nWan2.1-1.3B at {args.world_size} GPUs (estimate; teacher sharded over 8, bf16, micro-batch 1)")
     print(table)
+    full_frames = round(FULL_HISTORY_SECONDS * config.video.latent_fps)
+    full = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, teacher_num_frames=full_frames))
+    full_table = projection_table(full, args.world_size, [4, 8, 16])
+    print(f"\nthe same with the teacher on the full 2-minute history ({full_frames} latent frames, "
+          f"{full_frames * config.frame_seq_len:,} tokens)")
+    print(full_table)
+    results["projection"] = {"world_size": args.world_size, "table": table, "full_history_table": full_table}
 
     write_report(out_dir, "bench_parallel", results, lambda path: plot(results, path), note="\n")
 

@@ -1,4 +1,4 @@
-"""Streaming peers at equal model size (BENCHMARKS.md section 2, third bullet).
+"""Streaming peers at equal model size (docs/benchmarks.md).
 
 One long rollout per model, on this machine in this run, all with random weights at the geometry of
 our preset (tiny: 2 heads x 16, 2 layers, ffn 64, text 32, freq 32, 12 latent channels, patch
@@ -419,11 +419,15 @@ def main(argv: list[str] | None = None) -> dict:
         ours_same = window_fastest(runs["ours"]["seconds"], lo, hi - lo + 1)  # ours over the same chunks
         ratios[f"{name}_late_over_ours"] = summary[name]["seconds_late"] / ours_same
         ratios[f"{name}_late_over_ours_late"] = summary[name]["seconds_late"] / summary["ours"]["seconds_late"]
+    if summary["anyflow"]["frames"] == summary["ours"]["frames"]:  # the whole rollout, chunk by chunk fastest
+        ratios["anyflow_total_over_ours"] = sum(runs["anyflow"]["seconds"]) / sum(runs["ours"]["seconds"])
     print("\nlate / early seconds per chunk: " + ", ".join(
         f"{name} x{s['seconds_late_over_early']:.2f}" for name, s in summary.items()))
     for name in ("anyflow", "skyreels"):
         print(f"{name} late seconds per chunk over ours at the same chunks ({summary[name]['frames']} frames): "
               f"x{ratios[f'{name}_late_over_ours']:.1f}")
+    if "anyflow_total_over_ours" in ratios:
+        print(f"anyflow total seconds over ours for all {frames} frames: x{ratios['anyflow_total_over_ours']:.1f}")
 
     report = {"config": args.config, "overrides": args.overrides, "frames": frames, "skyreels_frames": sky_frames,
               "probe_chunk": probe, "repeats": args.repeats, "frame_seq_len": cfg.frame_seq_len,

@@ -1,4 +1,4 @@
-"""Memory boundedness and streaming speed (BENCHMARKS.md section 2).
+"""Memory boundedness and streaming speed (docs/benchmarks.md).
 
 Generates a long video (default 480 latent frames = 2 minutes) with the tiny model and records,
 per chunk, wall seconds and KV-cache bytes for:
@@ -14,18 +14,21 @@ Prints ratios measured side by side in this run and writes JSON and a PNG plot.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from bench_report import pyplot, write_report
 from ctxf.config import load_config
 from ctxf.inference.generator import StreamingGenerator
 from ctxf.memory.cache import build_memory
 from ctxf.models.flow_matching import add_noise, predict_x0, sampling_timesteps
 from ctxf.models.wan import WanDiT
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks directory is not a package
+from bench_report import pyplot, write_report  # noqa: E402
 
 
 def streaming_run(cfg, model, text, num_frames: int) -> dict:

@@ -74,6 +74,7 @@ class VideoConfig:
 
 
 MEMORY_POLICIES = tuple(POLICY_BUILDERS)
+PROMPT_SWITCH_MODES = ("recache", "keep", "flush")
 
 
 @dataclass
@@ -129,6 +130,14 @@ class InferenceConfig:
     batch_size: int = field(default=1, metadata=_help("videos generated side by side"))
     output_dir: str = field(default="outputs/generate", metadata=_help("where video and latents go"))
     prefix_latents: str = field(default="", metadata=_help("continue these latents (.npy/.safetensors)"))
+    prefix_video: str = field(default="", metadata=_help("continue this video file (decoded with PyAV, encoded "
+                                                         "through the codec)"))
+    prefix_image: str = field(default="", metadata=_help("start from this image (the first latent frame)"))
+    prompt_schedule: str = field(default="", metadata=_help("JSONL of {\"seconds\": S, \"prompt\": TEXT}: "
+                                                            "switch prompts at these times"))
+    prompt_switch: str = field(default="recache", metadata=_help("at a prompt switch the memory is recomputed "
+                                                                 "under the new prompt (recache), kept as it is "
+                                                                 "(keep) or emptied (flush)"))
     device: str = field(default="auto", metadata=_help("auto | cpu | cuda"))
     checkpoint: str = field(default="", metadata=_help("student weights: diffusers dir, Wan file, or a training "
                                                        "step / run directory"))
@@ -238,9 +247,20 @@ class Config:
         self._validate_training()
         self._validate_distill()
         self._validate_data()
-        if self.inference.seconds <= 0:
-            raise ConfigError(f"inference.seconds={self.inference.seconds} must be positive")
+        self._validate_inference()
         return self
+
+    def _validate_inference(self) -> None:
+        inf = self.inference
+        if inf.seconds <= 0:
+            raise ConfigError(f"inference.seconds={inf.seconds} must be positive")
+        if inf.prompt_switch not in PROMPT_SWITCH_MODES:
+            raise ConfigError(f"inference.prompt_switch={inf.prompt_switch!r}: choose one of "
+                              f"{', '.join(PROMPT_SWITCH_MODES)}")
+        prefixes = [name for name in ("prefix_latents", "prefix_video", "prefix_image") if getattr(inf, name)]
+        if len(prefixes) > 1:
+            raise ConfigError(f"{' and '.join('inference.' + name for name in prefixes)} are all set: give one "
+                              f"prefix to continue")
 
     def _validate_memory(self) -> None:
         mem, v = self.memory, self.video

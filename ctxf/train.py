@@ -120,8 +120,9 @@ def build_trainer(config: Config, parallel_plan: ParallelPlan, local_rank: int =
 
 def train(config: Config, parallel_plan: ParallelPlan, checked: PreflightResult, info: LaunchInfo) -> int:
     """Join the job, build everything, run the loop, leave (this function ends the process)."""
-    from ctxf.trainer import TrainingAborted
+    from ctxf.trainer import StopRequest, TrainingAborted
 
+    stop = StopRequest()  # first: SIGTERM / SIGUSR1 during start-up saves after the first step
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     configure_cpu_threads(info)
     info = init_distributed(config.parallel.backend, info)
@@ -134,7 +135,7 @@ def train(config: Config, parallel_plan: ParallelPlan, checked: PreflightResult,
               flush=True)
     trainer = build_trainer(config, parallel_plan, info.local_rank)
     try:
-        result = trainer.run(checked.resume_from)
+        result = trainer.run(checked.resume_from, stop)
     except TrainingAborted as err:
         if info.rank == 0:
             print(f"error: {err}", file=sys.stderr, flush=True)

@@ -115,15 +115,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def run(self, resume_from: Path | None = None) -> TrainResult:
+    def run(self, resume_from: Path | None = None, stop: StopRequest | None = None) -> TrainResult:
+        """Train to `train.num_steps`. `stop`: a StopRequest installed earlier (the entry point
+        installs it before the process group starts, so a signal during start-up is not lost)."""
         train = self.config.train
+        restore_seconds = 0.0
         if resume_from is not None:
+            started = time.perf_counter()
             self.restore(resume_from)
+            restore_seconds = time.perf_counter() - started
         log = RunLog(self.run_dir, train.num_steps, self.step, enabled=self.rank == 0)
         if resume_from is not None:
-            log.info(f"resumed from {resume_from} at step {self.step}")
+            log.info(f"resumed from {resume_from} at step {self.step} ({restore_seconds:.1f} s)")
         self._write_status("running", None)
-        stop = StopRequest()
+        stop = stop or StopRequest()
         batches = self.loader.batches()
         losses: dict[int, float] = {}
         checkpoint_seconds = 0.0
@@ -132,6 +137,7 @@ class Trainer:
             while self.step < train.num_steps:
                 metrics, batch = self._one_step(batches)
                 metrics["time/checkpoint"] = checkpoint_seconds
+                metrics["time/restore"], restore_seconds = restore_seconds, 0.0
                 local_loss = sum(v for k, v in metrics.items() if k.startswith("loss/"))
                 reduced, stop_requested = reduce_step(metrics, stop.signal_name is not None)
                 self.step += 1
@@ -165,12 +171,10 @@ class Trainer:
         data_seconds = 0.0
         totals: dict[str, float] = {}
         batch = None
-        samples = 0
         for micro in range(self.accumulation):
             fetch = time.perf_counter()
             batch = next(batches)
             data_seconds += time.perf_counter() - fetch
-            samples += len(batch)
             for name, value in self.method.train_step(batch, self.step, micro).items():
                 totals[name] = totals.get(name, 0.0) + value / self.accumulation
         stepped = self._stepped_engines(self.step)
@@ -182,7 +186,7 @@ class Trainer:
         elapsed = time.perf_counter() - started
         engine = next(iter(stepped.values()))
         metrics = {**totals, **{f"time/{k}": v for k, v in self.method.take_phase_seconds().items()},
-                   "time/data": data_seconds, "time/step": elapsed, "samples_per_s": samples / elapsed,
+                   "time/data": data_seconds, "time/step": elapsed, "samples_per_s": self.config.train.global_batch_size / elapsed,  # the whole job's rate
                    "lr": float(engine.get_lr()[0]), "memory/peak_mb": _peak_memory_mb(),
                    "data/skipped": float(sum(self.loader.counters.values())), "step_applied": float(applied)}
         norm = engine.get_global_grad_norm()

@@ -15,7 +15,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                        help="config override, repeatable, e.g. --set text.max_length=32")
     group = parser.add_argument_group("shards")
     group.add_argument("--out", required=True, help="output directory for shards and manifest.json")
-    group.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    existing = group.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    existing.add_argument("--resume", action="store_true",
+                          help="finish an interrupted run in --out: keep its complete shards, redo the partial one")
     group.add_argument("--max-shard-mb", type=float, default=256.0, help="close a shard at this size (default 256)")
     group.add_argument("--max-shard-samples", type=int, default=1000, help="samples per shard at most (default 1000)")
     group.add_argument("--latent-dtype", choices=list(STORAGE_DTYPES), default="float32",
@@ -41,3 +44,12 @@ def print_summary(title: str, rows: list[tuple[str, object]]) -> None:
     print(f"\n{title}")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in the unit that suits their size: "42.0 s", "12.5 min", "3.20 h"."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

@@ -1,4 +1,4 @@
-"""The synthetic "curtain" world (BENCHMARKS.md section 1): a memory test with exact ground truth.
+"""The synthetic "curtain" world (docs/benchmarks.md): a memory test with exact ground truth.
 
 One clip is a static background texture; after the first seconds a sprite (an identity: one of
 8 saturated colours x up to 3 rectangle shapes of very different aspect) enters and drifts

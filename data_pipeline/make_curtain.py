@@ -1,4 +1,4 @@
-"""Write the synthetic curtain world (BENCHMARKS.md section 1) as train and held-out shards.
+"""Write the synthetic curtain world (docs/benchmarks.md, the curtain world) as train and held-out shards.
 
     python -m data_pipeline.make_curtain --out outputs/curtain --train-clips 512 --heldout-clips 64
 
@@ -18,11 +18,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ctxf.data.format import encode_sample
+from ctxf.data.format import LATENTS_EXT, META_EXT, TEXT_EXT, encode_sample
 from data_pipeline.cli_common import add_common_arguments, load_cli_config, print_summary, shard_settings
 from data_pipeline.clip_encoding import ClipEncoder
 from data_pipeline.curtain import LATENT_FRAME_SECONDS, CurtainSpec, make_clip
-from data_pipeline.shards import MANIFEST_NAME, AtomicShardWriter, prepare_output_dir, write_manifest
+from data_pipeline.shards import (
+    MANIFEST_NAME, AtomicShardWriter, OutputDirInUse, output_dir_in_use, prepare_output_dir, sample_members,
+    write_manifest,
+)
 from data_pipeline.video_io import encode_mp4
 
 
@@ -36,7 +39,7 @@ def curtain_sample(spec: CurtainSpec, seed: int, split: str, index: int, encoder
     meta = {"caption": truth.caption, "source": "curtain", "fps": fps, "num_video_frames": truth.num_frames,
             "height": spec.frame_size, "width": spec.frame_size, "seed": seed, **encoder.codec_metadata(),
             "curtain": truth.to_json()}
-    return encode_sample(f"curtain-{split}-{index:06d}", encoder.latents(clip.frames), encoder.text(truth.caption),
+    return encode_sample(curtain_key(split, index), encoder.latents(clip.frames), encoder.text(truth.caption),
                          meta, latent_dtype=latent_dtype, text_dtype=text_dtype,
                          caption=truth.caption if caption_txt else None,
                          preview_mp4=encode_mp4(clip.frames, fps, scale=max(1, 128 // spec.frame_size))
@@ -46,17 +49,39 @@ def curtain_sample(spec: CurtainSpec, seed: int, split: str, index: int, encoder
 def write_split(spec: CurtainSpec, seed: int, split: str, count: int, out_dir: Path, encoder: ClipEncoder, *,
                 max_bytes: float = 256e6, max_samples: int = 1000, latent_dtype: str = "float32",
                 text_dtype: str = "bfloat16", previews: int = 0, caption_txt: bool = False,
-                settings: dict | None = None, overwrite: bool = False) -> dict:
-    """Clips 0..count-1 of `split` into `out_dir`; returns the manifest's content."""
+                settings: dict | None = None, overwrite: bool = False, resume: bool = False) -> dict:
+    """Clips 0..count-1 of `split` into `out_dir`; returns the manifest's content. With `resume`,
+    the clips in the complete shards of an interrupted run are kept and the rest written."""
     out_dir = Path(out_dir)
-    prepare_output_dir(out_dir, overwrite)
-    with AtomicShardWriter(out_dir, max_bytes=max_bytes, max_samples=max_samples) as writer:
-        for index in tqdm(range(count), desc=f"curtain {split}", unit="clip"):
+    kept = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
+    expected_keys = [curtain_key(split, index) for index in range(len(kept.keys))]
+    if kept.keys != expected_keys or len(kept.keys) > count:
+        raise OutputDirInUse(f"{out_dir} holds other clips than the first {count} of split {split!r} "
+                             f"({kept.keys[:1]}, ...); resume with the arguments of the interrupted run, or pass "
+                             f"--overwrite")
+    if kept.keys:  # the last kept clip, made again with these arguments, must be the stored one byte for byte
+        last = len(kept.keys) - 1
+        again = curtain_sample(spec, seed, split, last, encoder, latent_dtype=latent_dtype, text_dtype=text_dtype)
+        stored = sample_members(out_dir / kept.shards[-1]["name"], curtain_key(split, last))
+        if any(stored.get(ext) != again[ext] for ext in (LATENTS_EXT, TEXT_EXT, META_EXT)):
+            raise OutputDirInUse(f"{out_dir} holds clips made with other settings (seed, world, config or dtypes) "
+                                 f"than these; resume with the arguments of the interrupted run, or pass --overwrite")
+    with AtomicShardWriter(out_dir, max_bytes=max_bytes, max_samples=max_samples,
+                           start_shard=kept.next_shard) as writer:
+        for index in tqdm(range(len(kept.keys), count), desc=f"curtain {split}", unit="clip",
+                          initial=len(kept.keys), total=count):
             writer.write(curtain_sample(spec, seed, split, index, encoder, latent_dtype=latent_dtype,
                                         text_dtype=text_dtype, preview=index < previews, caption_txt=caption_txt))
+    shards = kept.shards + writer.shards
     settings = {**(settings or {}), "split": split, "seed": seed, "num_clips": count, "world": asdict(spec)}
-    write_manifest(out_dir, writer.shards, created_by="data_pipeline.make_curtain", settings=settings)
-    return {"shards": writer.shards, "num_samples": writer.num_samples}
+    write_manifest(out_dir, shards, created_by="data_pipeline.make_curtain", settings=settings,
+                   extra={"resumed_with_samples": len(kept.keys)} if resume else None)
+    return {"shards": shards, "num_samples": sum(shard["num_samples"] for shard in shards),
+            "resumed_with_samples": len(kept.keys)}
+
+
+def curtain_key(split: str, index: int) -> str:
+    return f"curtain-{split}-{index:06d}"
 
 
 def spec_from_args(args: argparse.Namespace, frame_size: int) -> CurtainSpec:
@@ -98,21 +123,27 @@ def main(argv: list[str] | None = None) -> int:
     encoder = ClipEncoder(cfg)
     started = time.perf_counter()
     results = {}
+    for split in ("train", "heldout"):
+        in_use = output_dir_in_use(Path(args.out) / split)
+        if in_use and not (args.overwrite or args.resume):
+            parser.error(in_use)
     for split, count in (("train", args.train_clips), ("heldout", args.heldout_clips)):
-        if not args.overwrite and (Path(args.out) / split / MANIFEST_NAME).exists():
-            parser.error(f"{Path(args.out) / split} already holds shards; pass --overwrite or choose another --out")
-    for split, count in (("train", args.train_clips), ("heldout", args.heldout_clips)):
-        results[split] = write_split(spec, args.seed, split, count, Path(args.out) / split, encoder,
-                                     max_bytes=args.max_shard_mb * 1e6, max_samples=args.max_shard_samples,
-                                     latent_dtype=args.latent_dtype, text_dtype=args.text_dtype,
-                                     previews=args.previews, caption_txt=args.captions_txt,
-                                     settings=shard_settings(args), overwrite=args.overwrite)
+        try:
+            results[split] = write_split(spec, args.seed, split, count, Path(args.out) / split, encoder,
+                                         max_bytes=args.max_shard_mb * 1e6, max_samples=args.max_shard_samples,
+                                         latent_dtype=args.latent_dtype, text_dtype=args.text_dtype,
+                                         previews=args.previews, caption_txt=args.captions_txt,
+                                         settings=shard_settings(args), overwrite=args.overwrite,
+                                         resume=args.resume)
+        except OutputDirInUse as err:
+            parser.error(str(err))
     rows = [("world", f"{spec.frame_size}x{spec.frame_size} frames, {spec.num_frames} latent frames per clip, "
                       f"{spec.num_identities} identities x {spec.num_backgrounds} backgrounds, gaps "
                       f"{spec.gap_range[0]}-{spec.gap_range[1]} frames")]
     for split, result in results.items():
         num_bytes = sum(s["num_bytes"] for s in result["shards"])
-        rows.append((split, f"{result['num_samples']} clips in {len(result['shards'])} shards, "
+        resumed = f" ({result['resumed_with_samples']} kept from the interrupted run)" if args.resume else ""
+        rows.append((split, f"{result['num_samples']} clips{resumed} in {len(result['shards'])} shards, "
                             f"{num_bytes / 1e6:.1f} MB -> {Path(args.out) / split / MANIFEST_NAME}"))
     rows.append(("time", f"{time.perf_counter() - started:.1f} s"))
     print_summary("curtain world written", rows)

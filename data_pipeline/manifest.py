@@ -11,23 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tarfile
 from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.shards import file_sha256
+from ctxf.data.sources import file_sha256
+from data_pipeline.shards import shard_keys
 
 
 def count_samples(path: Path) -> int:
-    """Distinct keys in a tar shard (members `<key>.<ext>`), read with the standard library."""
-    keys = set()
-    with tarfile.open(path, "r") as archive:
-        for member in archive:
-            if member.isreg():
-                directory, _, name = member.name.rpartition("/")
-                keys.add((directory, name.split(".", 1)[0]))
-    return len(keys)
+    """Distinct keys in a tar shard (members `<key>.<ext>`)."""
+    return len(shard_keys(path))
 
 
 def verify_manifest(manifest_path: Path, count: bool = True, progress: bool = False) -> list[str]:

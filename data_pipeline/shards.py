@@ -3,31 +3,28 @@
 `AtomicShardWriter` wraps webdataset's `ShardWriter`: each shard is written under a `.partial`
 name and renamed when closed, so a crash or Ctrl-C leaves only whole shards (the partial file is
 removed). When the run finishes, `manifest.json` lists every shard with its sample count, size
-and sha256, the settings used and what was skipped. Tar members get a fixed mtime so the same
+and sha256, the settings used and what was skipped. A run into a directory an interrupted run
+left behind continues it (`--resume`: the complete shards stay, the partial one is redone) or
+starts over (`--overwrite`); without either it is refused. Tar members get a fixed mtime so the same
 samples give the same shard bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import webdataset as wds
+
+from ctxf.data.sources import file_sha256
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ctxf-shards/1"
 SHARD_PREFIX = "shard"
 PARTIAL_SUFFIX = ".partial"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -36,15 +33,83 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(partial, path)
 
 
-def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create `out_dir`; refuse to mix with an earlier run's shards unless `overwrite` removes them."""
+class OutputDirInUse(ValueError):
+    """The output directory holds an earlier run's shards and neither --resume nor --overwrite was given."""
+
+
+@dataclass
+class ResumePoint:
+    """The complete shards an interrupted run left (kept) and the sample keys they hold."""
+
+    shards: list[dict] = field(default_factory=list)  # manifest entries, in shard order
+    keys: list[str] = field(default_factory=list)  # sample keys in the order written
+
+    @property
+    def next_shard(self) -> int:
+        return len(self.shards)
+
+
+def prepare_output_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) -> ResumePoint:
+    """Create `out_dir` for a run. An earlier run's shards are removed (`overwrite`), kept to be
+    continued (`resume`: complete shards stay, the `.partial` one is redone) or refused naming both."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    old = sorted(out_dir.glob(f"{SHARD_PREFIX}-*.tar*")) + sorted(out_dir.glob(MANIFEST_NAME))
-    if old and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds shards or a manifest ({old[0].name}, ...); pass --overwrite "
-                              f"to replace them or choose another --out")
-    for path in old:
-        path.unlink()
+    old = _earlier_run_files(out_dir)
+    if not old:
+        return ResumePoint()
+    if overwrite:
+        for path in old:
+            path.unlink()
+        return ResumePoint()
+    if not resume:
+        raise OutputDirInUse(output_dir_in_use(out_dir))
+    for partial in out_dir.glob(f"*{PARTIAL_SUFFIX}"):
+        partial.unlink()
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # rewritten when the resumed run ends
+    point = ResumePoint()
+    for number, path in enumerate(sorted(out_dir.glob(f"{SHARD_PREFIX}-*.tar"))):
+        if path.name != f"{SHARD_PREFIX}-{number:06d}.tar":
+            raise OutputDirInUse(f"{out_dir}: {path.name} follows a gap in the shard numbers, so it is not one "
+                                 f"interrupted run; pass --overwrite to start again")
+        keys = shard_keys(path)
+        point.keys += keys
+        point.shards.append({"name": path.name, "num_samples": len(keys), "num_bytes": path.stat().st_size,
+                             "sha256": file_sha256(path)})
+    return point
+
+
+def sample_members(path: Path, key: str) -> dict[str, bytes]:
+    """The members of sample `key` in a tar shard, by extension (`latents.safetensors`, `json`, ...)."""
+    members = {}
+    with tarfile.open(path, "r") as archive:
+        for member in archive:
+            if member.isreg() and member.name.startswith(key + "."):
+                members[member.name[len(key) + 1:]] = archive.extractfile(member).read()
+    return members
+
+
+def _earlier_run_files(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob(f"{SHARD_PREFIX}-*.tar*")) + sorted(out_dir.glob(MANIFEST_NAME + "*"))
+
+
+def output_dir_in_use(out_dir: Path) -> str | None:
+    """The one-line refusal for writing into `out_dir` without --resume or --overwrite (None: it is free)."""
+    old = _earlier_run_files(out_dir) if out_dir.is_dir() else []
+    if not old:
+        return None
+    finished = "a finished run" if (out_dir / MANIFEST_NAME).exists() else "an interrupted run"
+    return (f"{out_dir} holds shards of {finished} ({old[0].name}, ...): pass --resume to finish it or --overwrite "
+            f"to replace it, or choose another --out")
+
+
+def shard_keys(path: Path) -> list[str]:
+    """Sample keys of a tar shard in the order written (members `<key>.<ext>`), by the standard library."""
+    keys: dict[str, None] = {}
+    with tarfile.open(path, "r") as archive:
+        for member in archive:
+            if member.isreg():
+                directory, _, name = member.name.rpartition("/")
+                keys.setdefault(f"{directory}/{name.split('.', 1)[0]}".lstrip("/"), None)
+    return list(keys)
 
 
 class AtomicShardWriter:

@@ -69,24 +69,57 @@ def frame_to_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[top:top + height, left:left + width])
 
 
-def decode_frames(path: str, fps: float, height: int, width: int) -> Iterator[np.ndarray]:
-    """Frames of a video's first video stream at `fps`, `[height, width, 3]` uint8 each."""
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = float(stream.average_rate) if stream.average_rate else fps
+class VideoFrames:
+    """Frames of a video's first video stream at `fps`, `[height, width, 3]` uint8 each, when iterated.
 
-        def timed() -> Iterator[tuple[float, tuple[int, av.VideoFrame]]]:
-            for number, frame in enumerate(container.decode(stream)):
-                yield (frame.time if frame.time is not None else number / rate), (number, frame)
+    After iterating, `decoded_seconds` is how much video was decoded and `declared_seconds` what
+    the container promised (None when it does not say); `cut_short` compares the two, so a file
+    truncated after its header, which still opens and decodes, is not mistaken for a short video.
+    """
 
-        last_number, last_rgb = -1, None
-        for number, frame in resample_times(timed(), fps):
-            if number != last_number:  # a source frame shown several times is converted once
-                last_number, last_rgb = number, frame_to_rgb(frame, height, width)
-            yield last_rgb
+    def __init__(self, path: str, fps: float, height: int, width: int):
+        self.path, self.fps, self.height, self.width = str(path), fps, height, width
+        self.declared_seconds: float | None = None
+        self.decoded_seconds = 0.0
+
+    @property
+    def cut_short(self) -> bool:
+        """Less than the declared duration was decoded (by more than a frame at `fps` and 5 %)."""
+        if self.declared_seconds is None:
+            return False
+        return self.declared_seconds - self.decoded_seconds > max(1.0 / self.fps, 0.05 * self.declared_seconds)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        with av.open(self.path) as container:
+            if not container.streams.video:
+                raise ValueError(f"{self.path} has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            self.declared_seconds = _declared_seconds(container, stream)
+            rate = float(stream.average_rate) if stream.average_rate else self.fps
+            first_time = None
+
+            def timed() -> Iterator[tuple[float, tuple[int, av.VideoFrame]]]:
+                nonlocal first_time
+                for number, frame in enumerate(container.decode(stream)):
+                    time = frame.time if frame.time is not None else number / rate
+                    first_time = time if first_time is None else first_time
+                    self.decoded_seconds = time - first_time + 1.0 / rate
+                    yield time, (number, frame)
+
+            last_number, last_rgb = -1, None
+            for number, frame in resample_times(timed(), self.fps):
+                if number != last_number:  # a source frame shown several times is converted once
+                    last_number, last_rgb = number, frame_to_rgb(frame, self.height, self.width)
+                yield last_rgb
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
 
 
 def split_clips(frames: Iterable[np.ndarray], fps: float, clip_frames: int, min_frames: int,

@@ -1,7 +1,7 @@
 """Real videos + captions -> webdataset shards of latents and caption embeddings.
 
     python -m data_pipeline.videos_to_shards videos/ --out outputs/shards/mine \
-        [--captions captions.jsonl] [--fps 16] [--clip-seconds 20] [--min-seconds 5] \
+        [--captions captions.jsonl] [--fps FPS] [--clip-seconds 20] [--min-seconds 5] [--resume] \
         [--config wan1.3b --vae-path WAN/vae --umt5-path WAN]
 
 Inputs: video files and/or directories (searched recursively), or `--list FILE` with one path a
@@ -14,7 +14,9 @@ of the tiny preset, or Wan's VAE with `--vae-path`), captions become valid-token
 its text encoder (hashing, or umT5 with `--umt5-path`).
 
 A video that fails to decode is reported and skipped (clips it completed before the failure are
-kept and the report says how many); the run goes on, and the summary and manifest list it.
+kept and the report says how many); the run goes on, and the summary and manifest list it. So
+are videos too short for `--min-seconds` and videos cut short (fewer seconds decode than the file
+declares, as when a download stopped early), by file name.
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ctxf.data.format import encode_sample
-from data_pipeline.cli_common import add_common_arguments, load_cli_config, print_summary, shard_settings
+from ctxf.data.format import META_EXT, encode_sample
+from data_pipeline.cli_common import (
+    add_common_arguments, format_duration, load_cli_config, print_summary, shard_settings,
+)
 from data_pipeline.clip_encoding import ClipEncoder
-from data_pipeline.shards import MANIFEST_NAME, AtomicShardWriter, prepare_output_dir, write_manifest
-from data_pipeline.video_io import decode_frames, encode_mp4, split_clips
+from data_pipeline.shards import (
+    MANIFEST_NAME, AtomicShardWriter, OutputDirInUse, output_dir_in_use, prepare_output_dir, sample_members,
+    write_manifest,
+)
+from data_pipeline.video_io import VideoFrames, encode_mp4, split_clips
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
 
@@ -73,9 +80,11 @@ class RunReport:
     clips: int = 0
     video_seconds: float = 0.0
     failed: list[dict] = field(default_factory=list)
-    too_short: list[str] = field(default_factory=list)
+    too_short: list[dict] = field(default_factory=list)  # video, decoded_seconds
+    cut_short: list[dict] = field(default_factory=list)  # video, declared_seconds, decoded_seconds, clips
     no_caption: list[str] = field(default_factory=list)
     shards: list[dict] = field(default_factory=list)
+    resumed_videos: int = 0  # videos wholly in the shards an interrupted run left, not decoded again
 
 
 def find_videos(inputs: list[Path]) -> list[Path]:
@@ -124,57 +133,94 @@ def sample_key(video: Path, clip_index: int) -> str:
 
 
 def write_video_clips(job: VideoJob, settings: ClipSettings, encoder: ClipEncoder, writer: AtomicShardWriter,
-                      report: RunReport) -> None:
-    """Decode one video and write its clips; failures go into the report, never up."""
+                      report: RunReport, done_keys: frozenset[str] = frozenset()) -> None:
+    """Decode one video and write its clips (those not in `done_keys`); failures, videos too short
+    and videos cut short go into the report and the log, never up."""
     clips_written = 0
+    frames = VideoFrames(str(job.path), settings.fps, settings.height, settings.width)
     try:
-        frames = decode_frames(str(job.path), settings.fps, settings.height, settings.width)
         for clip in split_clips(frames, settings.fps, settings.clip_frames, settings.min_frames,
                                 encoder.frame_multiple):
             num_video_frames = clip.frames.shape[0]
+            clips_written += 1
+            report.clips += 1
+            report.video_seconds += num_video_frames / settings.fps
+            key = sample_key(job.path, clip.index)
+            if key in done_keys:  # written by the interrupted run this one resumes
+                continue
             meta = {"caption": job.caption, "source": str(job.path), "fps": settings.fps,
                     "num_video_frames": num_video_frames, "height": settings.height, "width": settings.width,
                     "clip_index": clip.index, "start_seconds": clip.start_seconds, **encoder.codec_metadata()}
             preview = encode_mp4(clip.frames, settings.fps) if writer.num_samples < settings.previews else None
-            writer.write(encode_sample(sample_key(job.path, clip.index), encoder.latents(clip.frames),
-                                       encoder.text(job.caption), meta, latent_dtype=settings.latent_dtype,
-                                       text_dtype=settings.text_dtype,
+            writer.write(encode_sample(key, encoder.latents(clip.frames), encoder.text(job.caption), meta,
+                                       latent_dtype=settings.latent_dtype, text_dtype=settings.text_dtype,
                                        caption=job.caption if settings.caption_txt else None, preview_mp4=preview))
-            clips_written += 1
-            report.clips += 1
-            report.video_seconds += num_video_frames / settings.fps
     except Exception as err:  # PyAV, codec and file errors alike: report the video and go on
         report.failed.append({"video": str(job.path), "error": f"{type(err).__name__}: {err}",
                               "clips_written_before_error": clips_written})
         tqdm.write(f"failed: {job.path}: {type(err).__name__}: {err}")
         return
+    if frames.cut_short:
+        report.cut_short.append({"video": str(job.path), "declared_seconds": round(frames.declared_seconds, 3),
+                                 "decoded_seconds": round(frames.decoded_seconds, 3), "clips": clips_written})
+        tqdm.write(f"cut short: {job.path}: the file declares {frames.declared_seconds:.2f} s, only "
+                   f"{frames.decoded_seconds:.2f} s decode ({clips_written} clips kept); is it truncated?")
     if clips_written:
         report.videos_with_clips += 1
     else:
-        report.too_short.append(str(job.path))
+        report.too_short.append({"video": str(job.path), "decoded_seconds": round(frames.decoded_seconds, 3)})
+        tqdm.write(f"too short: {job.path}: {frames.decoded_seconds:.2f} s, --min-seconds is {settings.min_seconds:g}")
 
 
 def videos_to_shards(jobs: list[VideoJob], out_dir: Path, encoder: ClipEncoder, settings: ClipSettings, *,
                      max_bytes: float = 256e6, max_samples: int = 1000, manifest_settings: dict | None = None,
-                     overwrite: bool = False) -> RunReport:
-    """Write all jobs' clips into `out_dir` with a manifest; returns what happened."""
+                     overwrite: bool = False, resume: bool = False) -> RunReport:
+    """Write all jobs' clips into `out_dir` with a manifest; returns what happened. With `resume`,
+    the clips in the complete shards of an interrupted run are kept: videos wholly written are not
+    decoded again, and the one it was writing is decoded but its written clips are not."""
     out_dir = Path(out_dir)
-    prepare_output_dir(out_dir, overwrite)
+    kept = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
+    done_keys = frozenset(kept.keys)
+    if kept.keys:
+        _check_resumable(out_dir / kept.shards[0]["name"], kept.keys[0], settings, encoder)
     report = RunReport(videos=len(jobs))
-    with AtomicShardWriter(out_dir, max_bytes=max_bytes, max_samples=max_samples) as writer:
+    # Videos are written in order, so every video before the last one with a kept clip is complete.
+    first_open = max((number for number, job in enumerate(jobs) if sample_key(job.path, 0) in done_keys),
+                     default=0)
+    with AtomicShardWriter(out_dir, max_bytes=max_bytes, max_samples=max_samples,
+                           start_shard=kept.next_shard) as writer:
         progress = tqdm(jobs, desc="videos", unit="video")
-        for job in progress:
+        for number, job in enumerate(progress):
             if job.caption is None:
                 report.no_caption.append(str(job.path))
                 continue
-            write_video_clips(job, settings, encoder, writer, report)
+            if number < first_open:
+                report.resumed_videos += 1
+                continue
+            write_video_clips(job, settings, encoder, writer, report, done_keys)
             progress.set_postfix(clips=report.clips, failed=len(report.failed))
-    report.shards = writer.shards
+    report.shards = kept.shards + writer.shards
     skipped = report.failed + [{"video": v, "error": "no caption"} for v in report.no_caption] + \
-        [{"video": v, "error": f"shorter than {settings.min_seconds} s"} for v in report.too_short]
-    write_manifest(out_dir, writer.shards, created_by="data_pipeline.videos_to_shards",
-                   settings={**(manifest_settings or {}), **settings.__dict__}, skipped=skipped)
+        [{**v, "error": f"shorter than --min-seconds {settings.min_seconds:g}"} for v in report.too_short]
+    extra = {"cut_short": report.cut_short}
+    if resume:
+        extra["resumed"] = {"kept_shards": len(kept.shards), "kept_samples": len(kept.keys),
+                            "videos_not_decoded_again": report.resumed_videos,
+                            "note": "skipped and cut_short list only the videos this run decoded"}
+    write_manifest(out_dir, report.shards, created_by="data_pipeline.videos_to_shards",
+                   settings={**(manifest_settings or {}), **settings.__dict__}, skipped=skipped, extra=extra)
     return report
+
+
+def _check_resumable(shard: Path, key: str, settings: ClipSettings, encoder: ClipEncoder) -> None:
+    """The kept clips were cut at these settings (read from a kept sample's metadata), or refuse."""
+    meta = json.loads(sample_members(shard, key)[META_EXT])
+    wanted = {"fps": settings.fps, "height": settings.height, "width": settings.width, **encoder.codec_metadata()}
+    differing = {name: (meta.get(name), value) for name, value in wanted.items() if meta.get(name) != value}
+    if differing:
+        described = ", ".join(f"{name} {old!r} there, {new!r} now" for name, (old, new) in differing.items())
+        raise OutputDirInUse(f"{shard.parent} holds clips made with other settings ({described}); resume with the "
+                             f"arguments of the interrupted run, or pass --overwrite")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--captions", type=Path,
                         help="JSONL of {\"video\": ..., \"caption\": ...} (default: sidecar .txt files)")
     clips = parser.add_argument_group("clips")
-    clips.add_argument("--fps", type=float, default=16.0, help="target frames per second (default 16)")
+    clips.add_argument("--fps", type=float,
+                       help="target frames per second (default: video.video_fps of the config, 4 for tiny)")
     clips.add_argument("--height", type=int, help="frame height (default: video.latent_height x codec stride)")
     clips.add_argument("--width", type=int, help="frame width (default: video.latent_width x codec stride)")
     clips.add_argument("--clip-seconds", type=float, default=20.0,
@@ -206,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs += [Path(line.strip()) for line in args.list.read_text().splitlines() if line.strip()]
     if not inputs:
         parser.error("name video files or directories, or pass --list FILE")
-    if args.fps <= 0 or args.clip_seconds <= 0 or args.min_seconds < 0:
+    if (args.fps is not None and args.fps <= 0) or args.clip_seconds <= 0 or args.min_seconds < 0:
         parser.error("--fps and --clip-seconds must be positive, --min-seconds >= 0")
     try:
         videos = find_videos(inputs)
@@ -216,29 +263,36 @@ def main(argv: list[str] | None = None) -> int:
     if not videos:
         parser.error(f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) found in {[str(i) for i in inputs]}")
 
-    if not args.overwrite and (Path(args.out) / MANIFEST_NAME).exists():
-        parser.error(f"{args.out} already holds shards; pass --overwrite or choose another --out")
+    in_use = output_dir_in_use(Path(args.out))
+    if in_use and not (args.overwrite or args.resume):
+        parser.error(in_use)
     cfg = load_cli_config(args)
+    fps = args.fps or float(cfg.video.video_fps)
     encoder = ClipEncoder(cfg, device=args.device)
     height = args.height or cfg.video.latent_height * encoder.spatial_stride
     width = args.width or cfg.video.latent_width * encoder.spatial_stride
     if height % encoder.spatial_stride or width % encoder.spatial_stride:
         parser.error(f"--height {height} and --width {width} must be multiples of the codec stride "
                      f"{encoder.spatial_stride}")
-    settings = ClipSettings(fps=args.fps, height=height, width=width, clip_seconds=args.clip_seconds,
+    settings = ClipSettings(fps=fps, height=height, width=width, clip_seconds=args.clip_seconds,
                             min_seconds=args.min_seconds, latent_dtype=args.latent_dtype, text_dtype=args.text_dtype,
                             previews=args.previews, caption_txt=args.captions_txt)
     jobs = [VideoJob(path=v, caption=caption_for(v, caption_index)) for v in videos]
     started = time.perf_counter()
-    report = videos_to_shards(jobs, Path(args.out), encoder, settings, max_bytes=args.max_shard_mb * 1e6,
-                              max_samples=args.max_shard_samples, manifest_settings=shard_settings(args),
-                              overwrite=args.overwrite)
+    try:
+        report = videos_to_shards(jobs, Path(args.out), encoder, settings, max_bytes=args.max_shard_mb * 1e6,
+                                  max_samples=args.max_shard_samples, manifest_settings=shard_settings(args),
+                                  overwrite=args.overwrite, resume=args.resume)
+    except OutputDirInUse as err:
+        parser.error(str(err))
     num_bytes = sum(s["num_bytes"] for s in report.shards)
-    rows = [("videos", f"{report.videos} found, {report.videos_with_clips} gave clips"),
+    num_samples = sum(s["num_samples"] for s in report.shards)
+    resumed = f", {report.resumed_videos} already written by the interrupted run" if args.resume else ""
+    rows = [("videos", f"{report.videos} found, {report.videos_with_clips} gave clips{resumed}"),
             ("failed to decode", len(report.failed)), ("too short", len(report.too_short)),
-            ("without caption", len(report.no_caption)),
-            ("clips", f"{report.clips} ({report.video_seconds / 3600:.2f} h at {settings.fps:g} fps, "
-                      f"{settings.height}x{settings.width})"),
+            ("cut short", len(report.cut_short)), ("without caption", len(report.no_caption)),
+            ("clips", f"{num_samples} ({format_duration(report.video_seconds)} decoded in this run at "
+                      f"{settings.fps:g} fps, {settings.height}x{settings.width})"),
             ("shards", f"{len(report.shards)}, {num_bytes / 1e6:.1f} MB -> {Path(args.out) / 'manifest.json'}"),
             ("time", f"{time.perf_counter() - started:.1f} s")]
     if cfg.video.video_fps != settings.fps:
@@ -247,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     print_summary("videos written to shards", rows)
     for failure in report.failed[:10]:
         print(f"  failed: {failure['video']}: {failure['error']}")
+    for short in report.too_short[:10]:
+        print(f"  too short: {short['video']}: {short['decoded_seconds']:g} s < --min-seconds {settings.min_seconds:g}")
+    for cut in report.cut_short[:10]:
+        print(f"  cut short: {cut['video']}: {cut['decoded_seconds']:g} of {cut['declared_seconds']:g} s decoded")
+    if len(report.failed) > 10 or len(report.too_short) > 10 or len(report.cut_short) > 10:
+        print(f"  (every one is listed in {Path(args.out) / MANIFEST_NAME})")
     return 0
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ctxf.ckpt.checkpoint_config import CONFIG_NAME, diffusers_config, wan_config
@@ -39,6 +41,7 @@ INDEX_SUFFIX = ".safetensors.index.json"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Wrappers that prefix every key: ComfyUI / single-file, Self-Forcing's `model.`, DDP, torch.compile.
 WRAPPER_PREFIXES = ("model.diffusion_model.", "model.", "module.", "_orig_mod.")
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"  # how torch.load(weights_only=True) opens a refusal
 
 
 # ----------------------------------------------------------------------------- reading
@@ -147,16 +150,53 @@ def _weight_files(directory: Path) -> list[Path]:
 
 def _read_file(path: Path, state_dict_key: str | None) -> StateDict:
     if path.suffix == ".safetensors":
-        return load_file(path)
+        return read_safetensors(path)
     if path.suffix not in TORCH_SUFFIXES:
         raise CheckpointError(f"{path}: unknown weights file type {path.suffix!r}; give .safetensors, "
                               f"{', '.join(TORCH_SUFFIXES)} or a directory")
+    return _unwrap(_read_torch_file(path), state_dict_key, path)
+
+
+def read_safetensors(path: Path) -> StateDict:
+    """Every tensor of a `.safetensors` file; an empty, truncated or altered file is a `CheckpointError`."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(path)
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}; {path.stat().st_size} bytes): "
+                              f"it is empty, cut short or damaged. Copy or download it again and compare its "
+                              f"size and sha256 with the source") from err
+
+
+def _read_torch_file(path: Path) -> Any:
+    """A torch file's content, loaded with `weights_only=True` (no arbitrary code runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path} holds objects other than tensors and plain containers, which are not "
-                              f"loaded for safety; re-save its state dict alone ({err})") from err
-    return _unwrap(loaded, state_dict_key, path)
+        if WEIGHTS_ONLY_REFUSAL not in str(err):
+            raise _damaged_torch_file(path, err) from err
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" such as {found.group(1)}" if found else ""
+        raise CheckpointError(
+            f"{path} holds pickled Python objects{what} besides tensors and plain containers; they are refused "
+            f"because unpickling them can run arbitrary code. Where that object's code is available and trusted, "
+            f"re-save the weights alone: torch.save(model.state_dict(), 'weights.pth'), or "
+            f"safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:  # torch's zip reader and unpickler on bad bytes
+        raise _damaged_torch_file(path, err) from err
+
+
+def _damaged_torch_file(path: Path, err: Exception) -> CheckpointError:
+    detail = (str(err).splitlines() or ["no detail"])[0]
+    return CheckpointError(f"{path} is not a readable torch file ({type(err).__name__}: {detail}; "
+                           f"{path.stat().st_size} bytes): it is empty, cut short or damaged. Copy or download it "
+                           f"again and compare its size and sha256 with the source")
+
+
+def error_summary(err: Exception) -> str:
+    """The line of a (long, multi-line) torch.load error that says what was wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    telling = [line for line in lines if "WeightsUnpickler error" in line]
+    return (telling or lines or [type(err).__name__])[0]
 
 
 def _is_state_dict(obj: Any) -> bool:

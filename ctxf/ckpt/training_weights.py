@@ -3,20 +3,19 @@
     read_training_step(path, "teacher")        the teacher role, consolidated, its LoRA merged
     read_training_step(path, "student_ema")    the student's EMA weights
 
-DeepSpeed's own `get_fp32_state_dict_from_zero_checkpoint` consolidates the ZeRO-3 partitions
-(frozen parameters included); an adapter is folded into its base weights, so what comes out is a
-plain `WanDiT` state dict in diffusers names.
+`ZeroCheckpoint` (zero_consolidate.py) consolidates the ZeRO-3 partitions as DeepSpeed's own
+`get_fp32_state_dict_from_zero_checkpoint` does (frozen parameters included) but loads the shard
+files with `weights_only=True`; an adapter is folded into its base weights, so what comes out is
+a plain `WanDiT` state dict in diffusers names.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from ctxf.ckpt.checkpoint_files import read_safetensors
 from ctxf.ckpt.training_checkpoint import DEEPSPEED_TAG, resolve_step_dir, verify_step
 from ctxf.ckpt.wan_keys import CheckpointError, StateDict
 from ctxf.models.lora import merge_state_dict, split_adapter
@@ -37,13 +36,12 @@ def split_role_key(key: str | None, manifest: dict, source: Path) -> tuple[str, 
 
 
 def role_state_dict(step_dir: Path, role: str, ema: bool, manifest: dict) -> StateDict:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from ctxf.ckpt.zero_consolidate import ZeroCheckpoint
 
-    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints every tensor it reads
-        state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir / role), tag=DEEPSPEED_TAG)
-    state = {k: v.clone() for k, v in state.items()}
+    zero = ZeroCheckpoint(step_dir / role / DEEPSPEED_TAG)
+    state = {spec.name: zero.tensor(spec) for spec in zero.specs()}
     if ema:
-        state.update(load_file(step_dir / f"{role}_ema.safetensors"))
+        state.update(read_safetensors(step_dir / f"{role}_ema.safetensors"))
     lora = manifest["roles"][role].get("lora")
     if lora:
         base, adapter = split_adapter(state)

@@ -24,3 +24,6 @@ class DataConfig:
                                                          "length (0: whole clips, of one length per batch)"})
     drop_last: bool = field(default=False, metadata={"help": "drop each reader's last partial batch of an epoch"})
     load_latents: bool = field(default=True, metadata={"help": "read latents (false: text embeddings only)"})
+    verify_checksums: bool = field(default=True, metadata={"help": "check each shard listed in a manifest.json "
+                                                                   "against its sha256 before reading it, skipping "
+                                                                   "and counting altered ones (false: faster)"})

@@ -33,12 +33,21 @@ from typing import Iterator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ctxf.data.collate import Batch
-from ctxf.data.sources import ShardSourceError, expand_shards
+from ctxf.data.sample_checks import SampleShape
+from ctxf.data.sources import ShardSourceError, expand_shards, shard_checksums
 from ctxf.data.stream import COUNTER_NAMES, StreamItem, StreamSettings, reader_items
 
 logger = logging.getLogger("ctxf.data")
 
 STATE_VERSION = 1
+
+_warned: set[str] = set()  # warnings already given in this process
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
 
 
 def _passthrough(item: StreamItem) -> StreamItem:
@@ -67,7 +76,8 @@ class ShardLoader:
 
     def __init__(self, shards: str | list[str], *, batch_size: int, max_length: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, shuffle_buffer: int = 64, seed: int = 0,
-                 num_frames: int = 0, drop_last: bool = False, load_latents: bool = True):
+                 num_frames: int = 0, drop_last: bool = False, load_latents: bool = True,
+                 sample_shape: SampleShape | None = None, verify_checksums: bool = True):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
         for name, value, least in (("batch_size", batch_size, 1), ("max_length", max_length, 1),
@@ -81,11 +91,13 @@ class ShardLoader:
                                    f"shards); write more, smaller shards (--max-shard-samples) or use fewer ranks")
         self.num_readers = max(1, num_workers)
         if len(urls) < world_size * self.num_readers:
-            logger.warning("%d shards for %d ranks x %d workers: some workers will have nothing to read",
-                           len(urls), world_size, self.num_readers)
+            _warn_once(f"{len(urls)} shards for {world_size} ranks x {self.num_readers} workers: some workers will "
+                       f"have nothing to read (reported once per process)")
         self.settings = StreamSettings(urls=tuple(urls), batch_size=batch_size, max_length=max_length,
                                        shuffle_buffer=shuffle_buffer, seed=seed, num_frames=num_frames,
-                                       drop_last=drop_last, load_latents=load_latents)
+                                       drop_last=drop_last, load_latents=load_latents,
+                                       sample_shape=sample_shape or SampleShape(),
+                                       checksums=shard_checksums(shards) if verify_checksums else {})
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self._totals = dict.fromkeys(COUNTER_NAMES, 0)
         self._generation = 0
@@ -98,7 +110,8 @@ class ShardLoader:
         return cls(data.shards, batch_size=cfg.train.micro_batch_size, max_length=cfg.text.max_length, rank=rank,
                    world_size=world_size, num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
                    seed=data.seed, num_frames=data.num_frames, drop_last=data.drop_last,
-                   load_latents=data.load_latents)
+                   load_latents=data.load_latents, sample_shape=SampleShape.from_config(cfg),
+                   verify_checksums=data.verify_checksums)
 
     # ------------------------------------------------------------------ position
 
@@ -118,8 +131,10 @@ class ShardLoader:
 
     @property
     def counters(self) -> dict[str, int]:
-        """Corrupt shards, corrupt samples and too-short samples skipped so far, over all epochs."""
-        return {name: self._totals[name] + sum(c[name] for c in self._epoch_counters) for name in COUNTER_NAMES}
+        """Shards and samples skipped so far, over all epochs, by reason (`stream.COUNTER_NAMES`)."""
+        # .get: a state saved before a counter existed lacks its name
+        return {name: self._totals.get(name, 0) + sum(c.get(name, 0) for c in self._epoch_counters)
+                for name in COUNTER_NAMES}
 
     def _fingerprint(self) -> str:
         return hashlib.sha256("\n".join(self.settings.urls).encode("utf-8")).hexdigest()

@@ -17,8 +17,10 @@ splitters take the rank from the environment and whose handlers see exceptions w
 which kind of damage to count.
 
 Errors never stop a reader: a shard that cannot be opened or whose tar is damaged ends that shard
-(the samples read before the damage are kept); a sample whose members do not decode is dropped.
-Both are logged and counted. Webdataset's `warn_and_continue` handler is not used because it
+(the samples read before the damage are kept); a sample whose members do not decode is dropped; a
+sample whose shapes or dtypes do not fit the configured model (`sample_checks.py`) is dropped,
+the first few named; a shard whose size or sha256 differs from its manifest is skipped whole.
+All are logged and counted. Webdataset's `warn_and_continue` handler is not used because it
 cannot count per kind and sleeps half a second per warning.
 """
 
@@ -36,10 +38,13 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from ctxf.data.collate import Batch, collate
 from ctxf.data.format import Sample, decode_sample
+from ctxf.data.sample_checks import SampleMismatchError, SampleShape, exact_dtypes
+from ctxf.data.sources import ShardRecord, shard_alteration
 
 logger = logging.getLogger("ctxf.data")
 
-COUNTER_NAMES = ("corrupt_shards", "corrupt_samples", "short_samples")
+COUNTER_NAMES = ("corrupt_shards", "altered_shards", "corrupt_samples", "mismatched_samples", "short_samples")
+MISMATCHES_NAMED = 3  # mismatched samples each reader names per epoch; the rest are only counted
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class StreamSettings:
     num_frames: int = 0
     drop_last: bool = False
     load_latents: bool = True
+    sample_shape: SampleShape = SampleShape()
+    # url -> its manifest record, for the shards verified before they are read (empty: none)
+    checksums: dict[str, ShardRecord] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -96,6 +104,8 @@ class _Reader:
 
     def raw_samples(self) -> Iterator[dict]:
         for url in self.shards:
+            if url in self.settings.checksums and self.altered(url):
+                continue
             stream = None
             try:
                 stream = wds.gopen(url)
@@ -111,6 +121,25 @@ class _Reader:
                     except Exception as err:  # a pipe: command's non-zero exit surfaces on close
                         logger.warning("closing shard %s: %s", url, err)
 
+    def altered(self, url: str) -> bool:
+        """Whether the shard differs from its manifest (then it is counted and skipped whole).
+
+        The whole file is hashed before its first sample is handed on: a sample read from an
+        altered shard must never reach training, and holding a shard's samples until its end
+        (up to --max-shard-mb per worker) would cost more memory than reading it twice costs time
+        (the second read comes from the page cache). `data.verify_checksums=false` skips this.
+        """
+        try:
+            problem = shard_alteration(url, self.settings.checksums[url])
+        except OSError as err:
+            problem = f"cannot be read ({err})"
+        if problem is None:
+            return False
+        self.counters["altered_shards"] += 1
+        logger.warning("skipping shard %s: %s (altered or damaged; ctxf-check-shards on its manifest lists every "
+                       "such shard; write it again)", url, problem)
+        return True
+
     def shuffled(self, samples: Iterator[dict]) -> Iterator[dict]:
         size = self.settings.shuffle_buffer
         if size <= 0:
@@ -121,12 +150,28 @@ class _Reader:
     def decoded(self, samples: Iterator[dict]) -> Iterator[Sample]:
         for raw in samples:
             try:
-                sample = decode_sample(raw, load_latents=self.settings.load_latents)
+                sample = exact_dtypes(decode_sample(raw, load_latents=self.settings.load_latents))
+            except SampleMismatchError as err:
+                self.mismatched(str(err), raw.get("__url__"))
+                continue
             except Exception as err:  # decode_sample names the problem; any failure means a bad sample
                 self.counters["corrupt_samples"] += 1
                 logger.warning("skipping sample %s from %s: %s", raw.get("__key__"), raw.get("__url__"), err)
                 continue
+            problem = self.settings.sample_shape.mismatch(sample)
+            if problem is not None:
+                self.mismatched(f"sample {sample.key}: {problem}", raw.get("__url__"))
+                continue
             yield sample
+
+    def mismatched(self, problem: str, url: str | None) -> None:
+        """Count a sample that does not fit the model; name the first few of each reader's epoch."""
+        self.counters["mismatched_samples"] += 1
+        count = self.counters["mismatched_samples"]
+        if count <= MISMATCHES_NAMED:
+            more = "; further ones in this reader are only counted" if count == MISMATCHES_NAMED else ""
+            logger.warning("skipping %s (from %s): it does not fit the configured model; write shards for this "
+                           "config or set the config to the shards%s", problem, url, more)
 
     def cropped(self, samples: Iterator[Sample]) -> Iterator[Sample]:
         """A window of `num_frames` latent frames, its start drawn from (seed, epoch, key)."""

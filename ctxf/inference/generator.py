@@ -2,10 +2,17 @@
 
 For every chunk of `num_frames_per_block` latent frames:
 1. `memory.view()` gives the cached keys/values and the RoPE positions of cached and new frames;
+   the cached keys are rotated to their positions once (`WanDiT.rotate_memory`), since the
+   positions hold for the whole chunk;
 2. the chunk is denoised from noise through the few-step schedule (x0 prediction, then re-noised
    with fresh noise to the next timestep, as Self-Forcing samples);
 3. one more pass at the context-noise timestep (0: clean) computes the chunk's keys/values,
-   which `memory.append()` stores and the memory's policy may later evict.
+   which `memory.append()` stores (with the latents that pass read) and the memory's policy
+   may later evict.
+
+When the prompt changes, `recache()` recomputes the keys/values of every cached frame under the
+new prompt from the latents the memory kept (LongLive's re-cache), so the scene can change
+without a cut; `flush()` empties the memory instead (a cut).
 
 Training rolls the student out through this same `generate_chunk` (ctxf.stages.rollout): a chunk
 may stop at an earlier `exit_step` of the schedule and keep the autograd graph of that one
@@ -49,17 +56,41 @@ class StreamingGenerator:
     def __post_init__(self) -> None:
         self.timesteps = sampling_timesteps(self.diffusion)
         self.total = float(self.diffusion.num_train_timesteps)
+        self.num_frames = 0  # latent frames prefilled or generated so far (a flush does not rewind it)
 
     def reset(self) -> None:
         self.memory.reset()
         self.stats = []
+        self.num_frames = 0
+
+    def flush(self) -> None:
+        """Forget every cached frame: the next chunk starts as a new shot, at position 0."""
+        self.memory.reset()
+
+    @torch.no_grad()
+    def recache(self, text: torch.Tensor) -> int:
+        """Recompute the keys/values of every cached frame under `text`; returns how many frames.
+
+        One clean pass over the latents the memory kept, at the RoPE positions the next chunk will
+        see them at, block-causal by the chunk each frame came in (as their refresh passes were),
+        so the cache becomes what a fresh pass of those frames under the new prompt computes."""
+        if not self.memory.frames:
+            return 0
+        latents, blocks = self.memory.held_latents()
+        view = self.memory.view(self.num_frames_per_block)
+        timestep = torch.full((latents.shape[0],), float(self.diffusion.context_noise), device=latents.device)
+        _, kv = self.model(latents, timestep, text, frame_positions=view.key_frame_positions,
+                           frame_blocks=torch.tensor(blocks), return_kv=True)
+        self.memory.overwrite(kv)
+        return latents.shape[2]
 
     @torch.no_grad()
     def prefill(self, latents: torch.Tensor, text: torch.Tensor) -> None:
         """Write clean latents `[B, C, F, H, W]` (a clip to continue) into memory, chunk by chunk."""
         for start in range(0, latents.shape[2], self.num_frames_per_block):
             chunk = latents[:, :, start:start + self.num_frames_per_block]
-            self._refresh(chunk, text, self.memory.view(chunk.shape[2]))
+            view = self.model.rotate_memory(self.memory.view(chunk.shape[2]), *chunk.shape[3:])
+            self._refresh(chunk, text, view)
 
     def generate_chunk(self, text: torch.Tensor, latent_shape: tuple[int, int, int], generator: torch.Generator,
                        exit_step: int | None = None, with_grad: bool = False) -> torch.Tensor:
@@ -72,7 +103,7 @@ class StreamingGenerator:
         channels, height, width = latent_shape
         frames = self.num_frames_per_block
         param = next(self.model.parameters())
-        view = self.memory.view(frames)
+        view = self.model.rotate_memory(self.memory.view(frames), height, width)
         last = len(self.timesteps) - 1 if exit_step is None else exit_step
 
         def noise() -> torch.Tensor:
@@ -87,7 +118,7 @@ class StreamingGenerator:
             if step < last:
                 x = add_noise(x0, noise(), torch.full((batch,), self.timesteps[step + 1] / self.total,
                                                       device=param.device))
-        first_frame = self.memory.num_frames_seen
+        first_frame = self.num_frames
         self._refresh(x0.detach(), text, view)
         positions = torch.cat([view.key_frame_positions, view.query_frame_positions])
         self.stats.append(ChunkStats(index=len(self.stats), first_frame=first_frame, num_frames=frames,
@@ -116,4 +147,5 @@ class StreamingGenerator:
         if self.diffusion.context_noise > 0:
             context = add_noise(clean, torch.randn_like(clean), context_t / self.total)
         _, kv = self.model(context, context_t, text, memory=view, return_kv=True)
-        self.memory.append(kv, frames)
+        self.memory.append(kv, frames, latents=context)
+        self.num_frames += frames

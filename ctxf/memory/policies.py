@@ -103,7 +103,7 @@ class SinkAndWindow(MemoryPolicy):
 
 
 class SlowFastMemory(MemoryPolicy):
-    """Sink + slow keyframes + fast FIFO (METHOD.md section 4). A frame leaving the fast window
+    """Sink + slow keyframes + fast FIFO (docs/method.md, Slow-Fast Memory). A frame leaving the fast window
     is a keyframe candidate, decided once per frame on the clean refresh pass for all layers."""
 
     bounded_positions = True

@@ -38,6 +38,16 @@ class FrameKVStore:
             self.buffer[1, layer, :, start:end] = v.detach().reshape(batch, num_frames, *frame_shape[1:])
         self.num_frames = end
 
+    def overwrite(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Replace the keys and values of every held frame, same frames in the same order;
+        `kv` holds per layer (k, v) `[B, num_frames * S_f, H, D]`."""
+        if len(kv) != self.num_layers or kv[0][0].shape[1] % max(self.num_frames, 1):
+            raise ValueError(f"overwrite needs {self.num_layers} layers of {self.num_frames} whole frames")
+        for layer, (k, v) in enumerate(kv):
+            # [B, n*S_f, H, D] -> [B, n, S_f, H, D] into the frame slots
+            self.buffer[0, layer, :, : self.num_frames] = k.detach().unflatten(1, (self.num_frames, -1))
+            self.buffer[1, layer, :, : self.num_frames] = v.detach().unflatten(1, (self.num_frames, -1))
+
     def keep(self, slots: list[int]) -> None:
         """Keep only these frame slots (ascending), moved to the front in the same order."""
         if slots == list(range(self.num_frames)):

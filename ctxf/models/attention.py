@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 PADDING_BLOCK = 2 ** 62
 
@@ -37,10 +38,9 @@ class AttentionFn(Protocol):
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask | None) -> torch.Tensor:
     attn_mask = None if mask is None else mask.dense().to(q.device)
-    # [B, S, H, D] -> [B, H, S, D] for SDPA, and back
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=attn_mask)
-    return out.transpose(1, 2)
+    q, k, v = (rearrange(x, "b s h d -> b h s d") for x in (q, k, v))  # SDPA takes heads first
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return rearrange(out, "b h s d -> b s h d")
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask | None) -> torch.Tensor:
@@ -68,9 +68,9 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Bloc
             return key_blocks[kv_idx] <= query_blocks[q_idx]
 
         block_mask = create_block_mask(visible, None, None, q.shape[1], k.shape[1], device=q.device)
-    # [B, S, H, D] -> [B, H, S, D] for flex attention, and back
-    out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
-    return out.transpose(1, 2)
+    q, k, v = (rearrange(x, "b s h d -> b h s d") for x in (q, k, v))  # flex attention takes heads first
+    out = flex(q, k, v, block_mask=block_mask)
+    return rearrange(out, "b h s d -> b s h d")
 
 
 _BACKENDS: dict[str, Callable] = {"sdpa": sdpa_attention, "flash": flash_attention, "flex": flex_attention}

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
+from einops import rearrange
 
 from ctxf.config import CodecConfig
 
@@ -47,25 +48,21 @@ class PixelCodec(VideoCodec):
         self.spatial_stride = patch
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        batch, channels, frames, height, width = video.shape
+        _, channels, _, height, width = video.shape
         p = self.patch
         if channels != 3 or height % p or width % p:
             raise ValueError(f"pixel codec expects [B, 3, T, H, W] with H and W divisible by {p}, "
                              f"got {tuple(video.shape)}")
-        # [B, 3, T, H, W] -> [B, 3, T, h, p, w, p] -> [B, 3, p, p, T, h, w] -> [B, 3*p*p, T, h, w]
-        x = video.reshape(batch, 3, frames, height // p, p, width // p, p)
-        x = x.permute(0, 1, 4, 6, 2, 3, 5)
-        return x.reshape(batch, 3 * p * p, frames, height // p, width // p)
+        # each p x p patch of pixels becomes 3 * p * p channels, ordered (colour, row in patch, column in patch)
+        return rearrange(video, "b c t (h p1) (w p2) -> b (c p1 p2) t h w", p1=p, p2=p)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        batch, channels, frames, height, width = latents.shape
+        channels = latents.shape[1]
         p = self.patch
         if channels != self.latent_channels:
             raise ValueError(f"pixel codec (patch {p}) expects {self.latent_channels} channels, got {channels}")
-        # [B, 3*p*p, T, h, w] -> [B, 3, p, p, T, h, w] -> [B, 3, T, h, p, w, p] -> [B, 3, T, H, W]
-        x = latents.reshape(batch, 3, p, p, frames, height, width)
-        x = x.permute(0, 1, 4, 5, 2, 6, 3)
-        return x.reshape(batch, 3, frames, height * p, width * p).clamp(-1.0, 1.0)
+        video = rearrange(latents, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", c=3, p1=p, p2=p)
+        return video.clamp(-1.0, 1.0)
 
     def num_video_frames(self, num_latent_frames: int) -> int:
         return num_latent_frames

@@ -1,4 +1,4 @@
-"""Flow-matching noise/velocity math and the shifted, warped few-step schedule (METHOD.md section 3).
+"""Flow-matching noise/velocity math and the shifted, warped few-step schedule (docs/method.md).
 
 Time convention: sigma in [0, 1], timestep = num_train_timesteps * sigma.
     x_t = (1 - sigma) x0 + sigma * noise,      velocity target = noise - x0.

@@ -20,22 +20,21 @@ class RotaryEmbedding3D:
             1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)) for dim in self.axis_dims
         ]
 
-    def angles(self, frame_positions: torch.Tensor, grid_height: int, grid_width: int) -> tuple[torch.Tensor, ...]:
-        """cos and sin `[num_frames * grid_height * grid_width, head_dim // 2]`, float32, tokens in
-        (frame, row, column) order."""
+    def angles(self, frame_positions: torch.Tensor, grid_height: int, grid_width: int,
+               token_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """cos and sin `[tokens, head_dim // 2]`, float32, for the tokens `token_index` of the
+        (frame, row, column)-ordered grid (every token when None): a context-parallel rank asks
+        only for its own tokens."""
         device = frame_positions.device
-        t_pos = frame_positions.to(torch.float64)
-        h_pos = torch.arange(grid_height, dtype=torch.float64, device=device)
-        w_pos = torch.arange(grid_width, dtype=torch.float64, device=device)
-        t_ang, h_ang, w_ang = (torch.outer(pos, inv.to(device)) for pos, inv in
-                               zip((t_pos, h_pos, w_pos), self.inv_freqs))
-        frames, half = len(t_pos), sum(d // 2 for d in self.axis_dims)
-        # per-axis angles broadcast to [F, gh, gw, d_axis/2], concatenated to [F, gh, gw, head_dim/2]
-        grid = torch.cat([
-            t_ang[:, None, None, :].expand(frames, grid_height, grid_width, -1),
-            h_ang[None, :, None, :].expand(frames, grid_height, grid_width, -1),
-            w_ang[None, None, :, :].expand(frames, grid_height, grid_width, -1),
-        ], dim=-1).reshape(frames * grid_height * grid_width, half)
+        per_frame = grid_height * grid_width
+        if token_index is None:
+            token_index = torch.arange(len(frame_positions) * per_frame, device=device)
+        token_index = token_index.to(device)
+        positions = (frame_positions.to(torch.float64)[token_index // per_frame],
+                     ((token_index % per_frame) // grid_width).to(torch.float64),
+                     (token_index % grid_width).to(torch.float64))
+        # per-axis angles [tokens, d_axis/2], concatenated to [tokens, head_dim/2]
+        grid = torch.cat([torch.outer(pos, inv.to(device)) for pos, inv in zip(positions, self.inv_freqs)], dim=-1)
         return grid.cos().float(), grid.sin().float()
 
 

@@ -53,12 +53,13 @@ def load_model_weights(model: WanDiT, path: str | Path | Checkpoint, state_dict_
     model.load_state_dict(_fitting_state_dict(model, checkpoint), strict=True)
 
 
-def check_weights_fit(cfg: ModelConfig, path: str | Path, state_dict_key: str | None = None) -> None:
+def check_weights_fit(cfg: ModelConfig, path: str | Path | Checkpoint, state_dict_key: str | None = None) -> None:
     """Raise as `load_model_weights` would, without building real parameters (a meta-device model),
     so a job can refuse a checkpoint of another geometry before it starts."""
     with torch.device("meta"):
         model = WanDiT(cfg)
-    _fitting_state_dict(model, read_checkpoint(path, state_dict_key))
+    checkpoint = path if isinstance(path, Checkpoint) else read_checkpoint(path, state_dict_key)
+    _fitting_state_dict(model, checkpoint)
 
 
 def _fitting_state_dict(model: WanDiT, checkpoint: Checkpoint) -> StateDict:

@@ -9,6 +9,7 @@
     attention.py         ContextParallelAttention: Ulysses x ring around any local attention
     ring.py              ring attention with an online softmax
     context_parallel.py  ContextParallelModel: a WanDiT forward over a sharded sequence
+    sharded_output.py    ShardedOutput: each rank's output latents; gathered, or reduced over shards
     teacher.py           FrozenTeacher: replicated or partitioned, gathered block by block
     ds_config.py         ds_configs/*.json completed from the training config
     engines.py           ZeRO-3 student and critic engines; how the loss stays right with cp

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from einops import rearrange
 
 Group = dist.ProcessGroup
 
@@ -36,22 +37,20 @@ def _all_to_all(chunks: torch.Tensor, group: Group) -> torch.Tensor:
 
 def _sequence_to_heads(x: torch.Tensor, group: Group) -> torch.Tensor:
     size = dist.get_world_size(group)
-    batch, seq, heads, dim = x.shape
-    # [B, S/P, H, D] -> [B, S/P, P, H/P, D] -> [P, B, S/P, H/P, D]: chunk j goes to rank j
-    chunks = x.reshape(batch, seq, size, heads // size, dim).permute(2, 0, 1, 3, 4)
+    # x is this rank's sequence shard [B, S/P, H, D]; head group j goes to rank j
+    chunks = rearrange(x, "b s (p h) d -> p b s h d", p=size)
     received = _all_to_all(chunks, group)
-    # [P, B, S/P, H/P, D] (chunk j from rank j = sequence shard j) -> [B, P, S/P, H/P, D] -> [B, S, H/P, D]
-    return received.permute(1, 0, 2, 3, 4).reshape(batch, size * seq, heads // size, dim)
+    # chunk j came from rank j, so it is sequence shard j of this rank's head group: [B, S, H/P, D]
+    return rearrange(received, "p b s h d -> b (p s) h d")
 
 
 def _heads_to_sequence(x: torch.Tensor, group: Group) -> torch.Tensor:
     size = dist.get_world_size(group)
-    batch, seq, heads, dim = x.shape
-    # [B, S, H/P, D] -> [B, P, S/P, H/P, D] -> [P, B, S/P, H/P, D]: sequence shard j goes to rank j
-    chunks = x.reshape(batch, size, seq // size, heads, dim).permute(1, 0, 2, 3, 4)
+    # x is this rank's head group over the whole sequence [B, S, H/P, D]; sequence shard j goes to rank j
+    chunks = rearrange(x, "b (p s) h d -> p b s h d", p=size)
     received = _all_to_all(chunks, group)
-    # [P, B, S/P, H/P, D] (chunk j from rank j = head group j) -> [B, S/P, P, H/P, D] -> [B, S/P, H, D]
-    return received.permute(1, 2, 0, 3, 4).reshape(batch, seq // size, size * heads, dim)
+    # chunk j came from rank j, so it is head group j of this rank's sequence shard: [B, S/P, H, D]
+    return rearrange(received, "p b s h d -> b s (p h) d")
 
 
 class _SequenceToHeads(torch.autograd.Function):

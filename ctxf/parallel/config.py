@@ -22,7 +22,7 @@ class ParallelConfig:
                                      "by block in forward); 1: every rank holds the whole teacher"})
     teacher_num_frames: int = field(
         default=42, metadata={"help": "latent frames of one teacher (and critic) sequence [context | target]: "
-                                      "sink 3 + slow 12 + fast 6 + target 21 (METHOD 5)"})
+                                      "sink 3 + slow 12 + fast 6 + target 21 (docs/method.md, stage 0)"})
     student_num_frames: int = field(
         default=21, metadata={"help": "latent frames the student keeps activations for in one step (the DMD "
                                       "window); sizes the memory estimate"})

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ctxf.config import Config, ConfigError
+from ctxf.parallel.estimates import block_parameter_count
 from ctxf.parallel.plan import ParallelPlan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +27,13 @@ DERIVED_FIELDS = {
     "optimizer": "train.<role>_lr, <role>_betas, weight_decay (a torch AdamW)",
     "scheduler": "the trainer (no DeepSpeed scheduler)",
 }
+# zero_optimization fields derived from the model, so ZeRO-3 gathers what estimates.py assumes:
+# at most two blocks at once (the one running and the one prefetched).
+DERIVED_ZERO_FIELDS = {
+    "stage3_max_live_parameters": "2 x the parameters of one transformer block",
+    "stage3_max_reuse_distance": "the parameters of one transformer block",
+}
+GATHERED_BLOCKS = 2
 
 
 def resolve_ds_config_path(path: str) -> Path:
@@ -46,9 +54,16 @@ def deepspeed_config(config: Config, parallel_plan: ParallelPlan) -> dict:
     for key, source in DERIVED_FIELDS.items():
         if key in ds_config:
             raise ConfigError(f"{path} sets {key!r}; remove it: it is derived from {source}")
-    stage = ds_config.get("zero_optimization", {}).get("stage")
+    zero = ds_config.get("zero_optimization", {})
+    for key, source in DERIVED_ZERO_FIELDS.items():
+        if key in zero:
+            raise ConfigError(f"{path} sets zero_optimization.{key}; remove it: it is derived from {source} "
+                              f"(model.*), which the memory estimate of the dry run assumes")
+    stage = zero.get("stage")
     if stage != 3:
         raise ConfigError(f"{path}: zero_optimization.stage is {stage}; the student and critic engines need 3")
+    block = block_parameter_count(config.model)
+    zero.update(stage3_max_live_parameters=GATHERED_BLOCKS * block, stage3_max_reuse_distance=block)
     ds_config.update(
         train_micro_batch_size_per_gpu=parallel_plan.micro_batch_size,
         gradient_accumulation_steps=parallel_plan.gradient_accumulation_steps,

@@ -12,10 +12,16 @@ partitions over all ranks and averages gradients over all W of them on every red
 (Declaring sequence parallelism would make DeepSpeed 0.19 sum over the sequence-parallel
 ranks on one reduction path and average on the other, depending on `reduce_scatter` and the
 bucket size.) Each rank of a context-parallel group of P ranks computes its sample's whole loss:
-either its model runs unsharded (each rank's gradient is the sample's gradient g) or the model
-runs sharded through `ContextParallelModel`, whose gather sums the P copies' gradients in
-backward, so the group's gradients add up to P x g. Either way the P ranks contribute P x g, and
-averaging over W = (W / P) x P ranks gives the mean over the W / P samples: no loss scaling.
+- its model runs unsharded: each rank's gradient is the sample's gradient g;
+- its model runs sharded through `ContextParallelModel` (each rank embeds, runs and unembeds
+  only its own tokens, sharded_output.py) and the consumer either gathers the output latents,
+  whose backward sums the P copies' gradients and hands each rank its tokens' part
+  (reduce-scatter), or reduces its loss over shards with `ShardedOutput.sum_over_shards`, an
+  all-reduce whose backward all-reduces the gradient the same way. Every rank's loss is the
+  sample's loss L and depends on every rank's tokens, so rank r's parameters receive
+  sum over the P copies of dL/d(its tokens): the group's gradients add up to P x g.
+Either way the P ranks contribute P x g, and averaging over W = (W / P) x P ranks gives the mean
+over the W / P samples: no loss scaling.
 DeepSpeed's own batch arithmetic counts ranks, so its `train_batch_size` is
 `train.global_batch_size x context_parallel_degree` (a sample is counted once per rank that
 holds it); `train_micro_batch_size_per_gpu` and `gradient_accumulation_steps` are the real ones.

@@ -1,6 +1,7 @@
 """The rank layout of a job, computed from the world size and the config alone (no process).
 
-`plan(world_size, config)` checks that the layout is possible and returns a `ParallelPlan`;
+`plan(world_size, config)` checks that the layout is possible and returns a `ParallelPlan`
+(naming every violated rule at once when it is not);
 `Topology` (topology.py) turns a plan into process groups. Ranks are numbered so that
 consecutive ranks share a node on a GPU cluster, and the groups that talk most stay inside one:
 
@@ -104,40 +105,61 @@ class ParallelPlan:
         return {role: next(g for g in groups if rank in g) for role, groups in self.all_groups().items()}
 
 
+class PlanErrors(PlanError):
+    """Several rules of the layout are violated at once; `errors` holds each, the message lists all."""
+
+    def __init__(self, errors: list[PlanError]):
+        self.errors = errors
+        listed = "\n".join(f"  - {err}" for err in errors)
+        super().__init__(f"{len(errors)} problems with this parallel layout:\n{listed}")
+
+
 def plan(world_size: int, config: Config) -> ParallelPlan:
-    """The rank layout for `world_size` ranks; raises a `PlanError` subclass when impossible."""
+    """The rank layout for `world_size` ranks. When it is impossible, raises the `PlanError`
+    subclass of the one violated rule, or `PlanErrors` listing every violated rule at once."""
     par, train = config.parallel, config.train
     if world_size < 1:
         raise WorldSizeError(f"world size {world_size} must be at least 1")
+    errors: list[PlanError] = []
     if par.backend not in BACKENDS:
-        raise PlanError(f"parallel.backend={par.backend!r}: choose one of {', '.join(BACKENDS)}")
+        errors.append(PlanError(f"parallel.backend={par.backend!r}: choose one of {', '.join(BACKENDS)}"))
     for name in ("context_parallel_degree", "teacher_shard_degree", "teacher_num_frames", "student_num_frames"):
         if getattr(par, name) < 1:
-            raise PlanError(f"parallel.{name}={getattr(par, name)} must be at least 1")
-    cp = par.context_parallel_degree
-    if world_size % cp:
-        raise WorldSizeError(f"world size {world_size} is not divisible by parallel.context_parallel_degree={cp}; "
-                             f"use a degree among {_divisors(world_size)} or change the number of ranks")
-    if world_size % par.teacher_shard_degree:
-        raise WorldSizeError(f"world size {world_size} is not divisible by parallel.teacher_shard_degree="
-                             f"{par.teacher_shard_degree}; use one of {_divisors(world_size)}")
-    ulysses = _ulysses_degree(cp, par.ulysses_degree, config.model.num_heads)
-    dp = world_size // cp
-    per_step = train.micro_batch_size * dp
-    if train.global_batch_size % per_step:
-        raise BatchSizeError(
+            errors.append(PlanError(f"parallel.{name}={getattr(par, name)} must be at least 1"))
+    cp, shards = par.context_parallel_degree, par.teacher_shard_degree
+    if cp >= 1 and world_size % cp:
+        errors.append(WorldSizeError(
+            f"world size {world_size} is not divisible by parallel.context_parallel_degree={cp}; use a degree "
+            f"among {_divisors(world_size)} or change the number of ranks"))
+    if shards >= 1 and world_size % shards:
+        errors.append(WorldSizeError(f"world size {world_size} is not divisible by parallel.teacher_shard_degree="
+                                     f"{shards}; use one of {_divisors(world_size)}"))
+    ulysses = 1
+    if cp >= 1:
+        try:
+            ulysses = _ulysses_degree(cp, par.ulysses_degree, config.model.num_heads)
+        except PlanError as err:
+            errors.append(err)
+    dp = world_size // cp if cp >= 1 and world_size % cp == 0 else None
+    per_step = train.micro_batch_size * dp if dp else None
+    if per_step and train.global_batch_size % per_step:
+        errors.append(BatchSizeError(
             f"train.global_batch_size={train.global_batch_size} is not a multiple of train.micro_batch_size="
             f"{train.micro_batch_size} x {dp} data-parallel ranks (world {world_size} / context-parallel {cp}); "
-            f"set train.global_batch_size to a multiple of {per_step}")
+            f"set train.global_batch_size to a multiple of {per_step}"))
     num_tokens = par.teacher_num_frames * config.frame_seq_len
-    if num_tokens % cp and not par.pad_sequence:
-        raise SequenceLengthError(
+    if cp >= 1 and num_tokens % cp and not par.pad_sequence:
+        errors.append(SequenceLengthError(
             f"the teacher sequence of {num_tokens} tokens ({par.teacher_num_frames} frames x {config.frame_seq_len}) "
             f"does not divide over parallel.context_parallel_degree={cp}; set parallel.pad_sequence=true "
-            f"(padded tokens are masked) or choose frames / degree so it divides")
+            f"(padded tokens are masked) or choose frames / degree so it divides"))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise PlanErrors(errors)
     return ParallelPlan(
         world_size=world_size, context_parallel_degree=cp, ulysses_degree=ulysses, ring_degree=cp // ulysses,
-        data_parallel_size=dp, teacher_shard_degree=par.teacher_shard_degree,
+        data_parallel_size=dp, teacher_shard_degree=shards,
         micro_batch_size=train.micro_batch_size, gradient_accumulation_steps=train.global_batch_size // per_step,
         global_batch_size=train.global_batch_size, teacher_num_tokens=num_tokens,
         teacher_tokens_per_rank=math.ceil(num_tokens / cp))

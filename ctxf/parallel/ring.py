@@ -7,25 +7,48 @@ its log-sum-exp (the online softmax), so the result equals attention over the wh
 The visiting shard carries its block ids, so block masks and padding hold across ranks.
 
 The per-step attention is written in plain torch (float32 scores of one query shard against
-one key shard) because it must return the log-sum-exp, which the local attention signature does
-not; autograd differentiates through it and through `ring_shift`, whose backward sends
-gradients back around the ring. Masked scores get a large finite negative value rather than
--inf, so a query that sees no key of some shard gets weight 0 for it, never NaN.
+one key shard, in query chunks of bounded size so a long shard never holds its whole score
+matrix) because it must return the log-sum-exp, which the local attention signature does not;
+autograd differentiates through it and through `ring_shift`, whose backward sends gradients
+back around the ring. In training each chunk runs under `torch.utils.checkpoint`: autograd keeps
+its inputs, not its score matrices, and the backward recomputes them one chunk at a time (one
+more score computation per chunk, instead of `[B, H, Sq, Sk]` float32 kept per ring step).
+Masked scores get a large finite negative value rather than -inf, so a query that sees no key
+of some shard gets weight 0 for it, never NaN.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
 
 from ctxf.parallel.collectives import Group, ring_shift
 
 _HIDDEN_SCORE = -1e30
+# elements of one float32 score matrix [B, H, chunk, Sk] (64 MiB): queries are taken in chunks that
+# fit, never the whole [B, H, Sq, Sk] at once (estimates.py counts three of these alive)
+SCORE_ELEMENTS = 2 ** 24
 
 
 def _attend_shard(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_blocks: torch.Tensor,
                   key_blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of `q [B, Sq, H, D]` to one key shard: output `[B, Sq, H, D]` and log-sum-exp `[B, Sq, H]`."""
+    """Attention of `q [B, Sq, H, D]` to one key shard: output `[B, Sq, H, D]` and log-sum-exp `[B, Sq, H]`,
+    in query chunks whose score matrix has at most `SCORE_ELEMENTS` elements."""
+    batch, _, heads, _ = q.shape
+    chunk = max(1, SCORE_ELEMENTS // (batch * heads * k.shape[1]))
+    attend = _attend_chunk
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        attend = partial(checkpoint, _attend_chunk, use_reentrant=False)  # backward recomputes the scores
+    parts = [attend(q[:, start:start + chunk], k, v, query_blocks[start:start + chunk], key_blocks)
+             for start in range(0, q.shape[1], chunk)]
+    return torch.cat([out for out, _ in parts], dim=1), torch.cat([lse for _, lse in parts], dim=1)
+
+
+def _attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_blocks: torch.Tensor,
+                  key_blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = q.shape[-1] ** -0.5
     # [B, Sq, H, D] x [B, Sk, H, D] -> [B, H, Sq, Sk]
     scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale

@@ -14,12 +14,11 @@ known to be cross-attention (or unsharded) and runs locally.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from ctxf.models.attention import PADDING_BLOCK
-from ctxf.models.wan import TokenBatch
 from ctxf.parallel.collectives import Group, gather_sequence
 from ctxf.parallel.plan import SequenceLengthError
 
@@ -59,16 +58,13 @@ class SequenceShard:
         return x.index_select(dim, self.positions(x.device))
 
     def block_ids(self, blocks: torch.Tensor | None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """`[shard_length]` block ids of the shard: `blocks` (0 everywhere if None), padding -> PADDING_BLOCK."""
-        ids = (torch.zeros(self.shard_length, dtype=torch.long, device=device) if blocks is None
-               else blocks.to(device)[self.positions(device)])
-        return ids.masked_fill(self.padding(device), PADDING_BLOCK)
+        """`[shard_length]` block ids of the shard from the whole sequence's `blocks` (None: bidirectional)."""
+        return self.mark_padding(None if blocks is None else blocks.to(device)[self.positions(device)], device)
 
-    def select_tokens(self, tokens: TokenBatch) -> TokenBatch:
-        """The token batch restricted to this shard, every token carrying a block id."""
-        device = tokens.hidden.device
-        return replace(tokens.select_tokens(self.positions(device)),
-                       query_blocks=self.block_ids(tokens.query_blocks, device))
+    def mark_padding(self, shard_blocks: torch.Tensor | None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """`[shard_length]` block ids of this shard's own tokens (0 everywhere if None), padding -> PADDING_BLOCK."""
+        ids = torch.zeros(self.shard_length, dtype=torch.long, device=device) if shard_blocks is None else shard_blocks
+        return ids.masked_fill(self.padding(ids.device), PADDING_BLOCK)
 
     def gather(self, x: torch.Tensor, group: Group, dim: int = 1) -> torch.Tensor:
         """Every rank's shard concatenated along `dim`, padding removed (differentiable)."""

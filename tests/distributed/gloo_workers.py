@@ -9,8 +9,10 @@ worker's traceback; so does a worker that dies or runs past `timeout`.
 
 Workers are forked from a forkserver that has torch, the model and DeepSpeed imported already,
 so a run costs a fork, not a fresh interpreter. DeepSpeed compiles a shared-memory comm op when
-an engine starts; TORCH_EXTENSIONS_DIR points at the repo's `.torch_extensions/` (gitignored)
-so that happens once per machine.
+it starts its process group; `prebuild_deepspeed_ops` compiles it once, in the test process, into
+the repo's `.torch_extensions/` (gitignored), before any worker runs: a worker killed by its
+timeout in the middle of that compile would leave torch's build lock behind and every later
+worker would wait on it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def prebuild_deepspeed_ops() -> None:
+    """Compile (or find cached) DeepSpeed's CPU shared-memory comm op, with no timeout around it."""
+    global _OPS_BUILT
+    if _OPS_BUILT:
+        return
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(TORCH_EXTENSIONS_DIR)
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+    _OPS_BUILT = True
+
+
+_OPS_BUILT = False
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -68,6 +85,7 @@ class WorkerFailure(AssertionError):
 
 def run_workers(world_size: int, fn: Callable, *args: Any, timeout: float = 120.0) -> list[Any]:
     """`fn(*args)` on `world_size` gloo ranks; returns the results in rank order."""
+    prebuild_deepspeed_ops()
     context = _context()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="ctxf-workers-") as result_dir:

@@ -22,9 +22,9 @@ from ctxf.parallel.topology import Topology
 NUM_HEADS, HEAD_DIM, BATCH = 4, 8, 2
 
 
-def _topology(cp: int, ulysses: int) -> Topology:
+def _topology(cp: int, ulysses: int, heads: int = NUM_HEADS) -> Topology:
     world = dist.get_world_size()
-    config = load_config("tiny", [f"model.num_heads={NUM_HEADS}", f"model.head_dim={HEAD_DIM}",
+    config = load_config("tiny", [f"model.num_heads={heads}", f"model.head_dim={HEAD_DIM}",
                                   f"parallel.context_parallel_degree={cp}", f"parallel.ulysses_degree={ulysses}",
                                   f"train.global_batch_size={world // cp}"])
     return Topology(plan(world, config))
@@ -63,11 +63,11 @@ def test_all_to_all_round_trip_places_every_element(world_size):
     assert all(run_workers(world_size, check_all_to_all_round_trip, 3))
 
 
-def _inputs(seq_len: int, num_memory: int, causal: bool):
+def _inputs(seq_len: int, num_memory: int, causal: bool, heads: int = NUM_HEADS):
     generator = torch.Generator().manual_seed(seq_len * 7 + num_memory)
-    shape = (BATCH, seq_len, NUM_HEADS, HEAD_DIM)
+    shape = (BATCH, seq_len, heads, HEAD_DIM)
     q, k, v, grad_out = (torch.randn(shape, generator=generator) for _ in range(4))
-    memory = [torch.randn(BATCH, num_memory, NUM_HEADS, HEAD_DIM, generator=generator) for _ in range(2)]
+    memory = [torch.randn(BATCH, num_memory, heads, HEAD_DIM, generator=generator) for _ in range(2)]
     blocks = torch.arange(seq_len) // 3 if causal else torch.zeros(seq_len, dtype=torch.long)
     return q, k, v, memory, blocks, grad_out
 
@@ -107,14 +107,17 @@ CASES = [  # (sequence length, memory keys, block-causal)
     (12, 0, False), (13, 0, False), (13, 0, True), (11, 5, True)]
 
 
-def check_attention_matches_single_process(layouts: list[tuple[int, int]]) -> dict:
+def check_attention_matches_single_process(layouts: list[tuple[int, int]], heads: int = NUM_HEADS,
+                                           expected_degrees: tuple[int, int] | None = None) -> dict:
     errors = {}
     for cp, ulysses in layouts:
-        topology = _topology(cp, ulysses)
+        topology = _topology(cp, ulysses, heads)
+        if expected_degrees is not None:
+            assert (topology.plan.ulysses_degree, topology.plan.ring_degree) == expected_degrees
         attention = ContextParallelAttention(sdpa_attention, topology.context_parallel.ulysses,
                                              topology.context_parallel.ring)
         for case in CASES:
-            inputs = _inputs(*case)
+            inputs = _inputs(*case, heads=heads)
             expected_out, expected_grads = _single_process(*inputs)
             out, grads = _sharded(attention, topology, *inputs)
             names = ["out", "dq", "dk", "dv", "dk_memory", "dv_memory"]
@@ -132,3 +135,19 @@ def test_context_parallel_attention_matches_single_process(world_size):
     for rank_errors in run_workers(world_size, check_attention_matches_single_process, LAYOUTS[world_size]):
         worst = max(rank_errors.items(), key=lambda item: item[1])
         assert worst[1] <= 1e-5, f"(cp, ulysses, (seq, memory, causal), tensor) = {worst[0]}: error {worst[1]:.2e}"
+
+
+@pytest.mark.parametrize("world_size, heads, ulysses, degrees", [
+    (3, 6, 3, (3, 1)),  # an odd Ulysses degree (Wan's 12 heads allow 3)
+    (3, 4, 0, (1, 3)),  # an odd degree the heads do not divide: all ring
+    (6, 4, 0, (2, 3)),  # more ranks than the 4 heads divide: Ulysses 2 x ring 3, chosen automatically
+])
+def test_odd_and_mixed_layouts_match_single_process(world_size, heads, ulysses, degrees):
+    layouts = [(world_size, ulysses)]
+    for rank_errors in run_workers(world_size, check_attention_matches_single_process, layouts, heads, degrees):
+        worst = max(rank_errors.items(), key=lambda item: item[1])
+        assert worst[1] <= 1e-5, f"(cp, ulysses, (seq, memory, causal), tensor) = {worst[0]}: error {worst[1]:.2e}"
+
+
+def test_all_to_all_round_trip_on_an_odd_group():
+    assert all(run_workers(3, check_all_to_all_round_trip, 3))

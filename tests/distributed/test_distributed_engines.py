@@ -49,7 +49,20 @@ def _batch(config, size: int):
     return latents, timestep, text, target
 
 
-def train_one_step(checkpoint_dir: str, cp: int, global_batch: int, precision: str = "fp32") -> dict:
+def _loss(engine, latents, timestep, text, target, reduce_over_shards: bool) -> torch.Tensor:
+    """The mean squared error, from the gathered output or summed over this rank's tokens and reduced
+    over the context-parallel group (ShardedOutput), as a critic may."""
+    dtype = engine.module.proj_out.weight.dtype  # bf16 under train.precision=bf16; timesteps stay fp32
+    if not reduce_over_shards:
+        out = engine(latents.to(dtype), timestep, text.to(dtype))
+        return torch.nn.functional.mse_loss(out.float(), target)
+    out = engine(latents.to(dtype), timestep, text.to(dtype), gather_output=False)
+    partial = (out.local.float() - out.take(target)).square()[:, out.valid].sum()
+    return out.sum_over_shards(partial) / target.numel()
+
+
+def train_one_step(checkpoint_dir: str, cp: int, global_batch: int, precision: str = "fp32",
+                   reduce_over_shards: bool = False) -> dict:
     topology = Topology.build(_config(cp, "student", global_batch, precision))
     engines = {}
     for role in DS_CONFIGS:
@@ -64,9 +77,8 @@ def train_one_step(checkpoint_dir: str, cp: int, global_batch: int, precision: s
         index = topology.data_parallel_rank * plan.gradient_accumulation_steps + micro_step
         sample = slice(index, index + 1)
         for role, engine in engines.items():
-            dtype = engine.module.proj_out.weight.dtype  # bf16 under train.precision=bf16; timesteps stay fp32
-            out = engine(latents[sample].to(dtype), timestep[sample], text[sample].to(dtype))
-            engine.backward(torch.nn.functional.mse_loss(out.float(), target[sample]))
+            engine.backward(_loss(engine, latents[sample], timestep[sample], text[sample], target[sample],
+                                  reduce_over_shards))
             if engine.is_gradient_accumulation_boundary():
                 grads[role] = {name: safe_get_full_grad(p).float().clone()
                                 for name, p in engine.module.named_parameters()}
@@ -97,9 +109,10 @@ def _max_error(got: dict, want: dict) -> tuple[str, float]:
     return max(((name, (got[name].float() - want[name]).abs().max().item()) for name in want), key=lambda x: x[1])
 
 
-@pytest.mark.parametrize("cp, global_batch", [(1, 4), (2, 2)], ids=["data-parallel", "context-parallel"])
-def test_zero3_step_on_two_ranks_equals_single_process_adamw(tmp_path, cp, global_batch):
-    results = run_workers(2, train_one_step, str(tmp_path), cp, global_batch)
+@pytest.mark.parametrize("cp, global_batch, reduce_over_shards", [(1, 4, False), (2, 2, False), (2, 2, True)],
+                         ids=["data-parallel", "context-parallel", "context-parallel-loss-over-shards"])
+def test_zero3_step_on_two_ranks_equals_single_process_adamw(tmp_path, cp, global_batch, reduce_over_shards):
+    results = run_workers(2, train_one_step, str(tmp_path), cp, global_batch, "fp32", reduce_over_shards)
     for result in results:
         assert result["engines_distinct"] and result["steps"] == {"student": 1, "critic": 1}
         # DeepSpeed counts a sample once per rank holding it (see ctxf/parallel/engines.py)

@@ -19,6 +19,17 @@ def test_pixel_codec_folds_pixels_losslessly():
     assert sorted(latents[0, :, 1, 2, 3].tolist()) == sorted(video[0, :, 1, 4:6, 6:8].flatten().tolist())
 
 
+def test_pixel_codec_channel_order_is_colour_then_row_then_column():
+    """Shards written earlier depend on this order; checked pixel by pixel from the definition."""
+    p, codec = 3, PixelCodec(3)
+    video = torch.randn(2, 3, 2, 6, 9)
+    latents = codec.encode(video)
+    for c in range(3):
+        for dy in range(p):
+            for dx in range(p):
+                assert torch.equal(latents[:, c * p * p + dy * p + dx], video[:, c, :, dy::p, dx::p])
+
+
 def test_uint8_round_trip():
     frames = torch.randint(0, 256, (2, 3, 4, 4, 3), dtype=torch.uint8)
     assert torch.equal(video_to_uint8(uint8_to_video(frames)), frames)

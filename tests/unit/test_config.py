@@ -10,7 +10,7 @@ def test_presets_load_and_derive_geometry():
     tiny = load_config("tiny")
     assert tiny.frame_seq_len == (8 // 2) * (8 // 2)
     wan = load_config("wan1.3b")
-    # METHOD.md section 2: 60 x 104 latents, patch 2 -> 30 x 52 = 1560 tokens; 12 heads x 128 = 1536
+    # Wan2.1-T2V-1.3B (docs/method.md, base model): 60 x 104 latents, patch 2 -> 30 x 52 = 1560 tokens; 12 heads x 128 = 1536
     assert wan.frame_seq_len == 1560
     assert wan.model.dim == 1536
 

@@ -1,6 +1,6 @@
 """Acceptance 7: the curtain world's ground truth matches its pixels, and a seed fixes the bytes.
 
-The checks read pixels directly with the colours of BENCHMARKS.md section 1's rules (saturated
+The checks read pixels directly with the colours of docs/benchmarks.md's rules (saturated
 sprite, near-grey background, dark curtain with a white bar) rather than through the generator's
 own helpers, so a generator that lies about its frames fails here.
 """

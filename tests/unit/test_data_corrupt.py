@@ -49,7 +49,8 @@ def test_damage_is_skipped_counted_and_the_rest_of_the_epoch_is_intact(damaged_s
     loader = ShardLoader(paths, batch_size=2, max_length=8, num_workers=num_workers, shuffle_buffer=3, seed=0)
     keys = [key for batch in loader for key in batch.keys]
     assert sorted(keys) == sorted(expected)
-    assert loader.counters == {"corrupt_shards": 2, "corrupt_samples": 3, "short_samples": 0}
+    assert loader.counters == {"corrupt_shards": 2, "altered_shards": 0, "corrupt_samples": 3,
+                               "mismatched_samples": 0, "short_samples": 0}
     if num_workers == 0:
         warned = caplog.text
         assert "truncated" in warned and "noise.tar" in warned and "sample-00101" in warned

@@ -5,6 +5,7 @@ where it must be in each 16 fps output frame follows from the timestamps alone.
 """
 
 import json
+from pathlib import Path
 
 import av
 import numpy as np
@@ -108,3 +109,74 @@ def test_clips_are_cut_and_trimmed_to_the_codec_frame_rule():
     assert clips[1].frames[0, 0, 0, 0] == 10
     plain = list(split_clips(frames, fps=4, clip_frames=10, min_frames=3))
     assert [len(c.frames) for c in plain] == [10, 10, 3] and plain[2].frames[-1, 0, 0, 0] == 22
+
+
+def write_square_mkv(path, seconds):
+    """A Matroska file with a keyframe every half second: cut anywhere, it still opens and decodes."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=SOURCE_FPS, options={"crf": "8", "g": str(SOURCE_FPS // 2)})
+        stream.width, stream.height, stream.pix_fmt = SOURCE_WIDTH, SOURCE_HEIGHT, "yuv420p"
+        for index in range(round(seconds * SOURCE_FPS)):
+            image = np.full((SOURCE_HEIGHT, SOURCE_WIDTH, 3), 30, np.uint8)
+            left = index % (SOURCE_WIDTH - SQUARE)
+            image[24:24 + SQUARE, left:left + SQUARE] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_videos_cut_short_or_too_short_are_named_in_the_log_and_manifest(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_square_mkv(videos / "whole.mkv", seconds=4)
+    write_square_mkv(videos / "cut.mkv", seconds=4)
+    data = (videos / "cut.mkv").read_bytes()
+    (videos / "cut.mkv").write_bytes(data[: len(data) // 2])  # a download that stopped half way
+    write_moving_square(videos / "blink.mp4", seconds=0.5)
+    for name in ("whole", "cut", "blink"):
+        (videos / f"{name}.txt").write_text(f"caption of {name}")
+    out = tmp_path / "shards"
+    assert videos_to_shards.main([str(videos), "--out", str(out), "--clip-seconds", "1", "--min-seconds", "1"]) == 0
+    printed = capsys.readouterr()
+    log = printed.out + printed.err
+    assert "cut short" in log and "cut.mkv" in log and "whole.mkv" not in log.replace(str(out), "")
+    assert "too short" in log and "blink.mp4" in log
+    assert "note" not in printed.out  # the default --fps is the config's video_fps
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [Path(c["video"]).name for c in manifest["cut_short"]] == ["cut.mkv"]
+    cut = manifest["cut_short"][0]
+    assert cut["declared_seconds"] == pytest.approx(4.0, abs=0.1) and cut["decoded_seconds"] < 3.0
+    assert [Path(s["video"]).name for s in manifest["skipped"]] == ["blink.mp4"]
+    assert manifest["settings"]["fps"] == load_config("tiny").video.video_fps
+
+
+def test_an_interrupted_video_run_resumes_to_the_same_shards(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for number in range(3):
+        write_square_mkv(videos / f"video{number}.mkv", seconds=2 + number)
+    jobs = [videos_to_shards.VideoJob(path, caption=path.stem) for path in sorted(videos.iterdir())]
+    settings = videos_to_shards.ClipSettings(fps=4, height=16, width=16, clip_seconds=1, min_seconds=1)
+    encoder = ClipEncoder(load_config("tiny"))
+    run = dict(max_samples=2, manifest_settings={})
+    videos_to_shards.videos_to_shards(jobs, tmp_path / "fresh", encoder, settings, **run)
+    fresh = json.loads((tmp_path / "fresh" / "manifest.json").read_text())
+    assert fresh["num_samples"] == 9 and fresh["num_shards"] == 5
+
+    cut = tmp_path / "cut"
+    videos_to_shards.videos_to_shards(jobs, cut, encoder, settings, **run)
+    (cut / "manifest.json").unlink()  # killed in shard 3; shard 2 holds video 2's first clip
+    for name in ("shard-000003.tar", "shard-000004.tar"):
+        (cut / name).unlink()
+    (cut / "shard-000003.tar.partial").write_bytes(b"half a tar")
+    with pytest.raises(ValueError, match="--resume"):
+        videos_to_shards.videos_to_shards(jobs, cut, encoder, settings, **run)
+    other_fps = videos_to_shards.ClipSettings(fps=8, height=16, width=16, clip_seconds=1, min_seconds=1)
+    with pytest.raises(ValueError, match=r"other settings \(fps 4(\.0)? there, 8 now"):
+        videos_to_shards.videos_to_shards(jobs, cut, encoder, other_fps, resume=True, **run)
+    report = videos_to_shards.videos_to_shards(jobs, cut, encoder, settings, resume=True, **run)
+    resumed = json.loads((cut / "manifest.json").read_text())
+    assert resumed["shards"] == fresh["shards"]
+    assert report.resumed_videos == 2 and resumed["resumed"]["kept_samples"] == 6
+    assert report.clips == 4  # video 2 decoded again; its first clip, already kept, not written twice

@@ -1,5 +1,5 @@
 """Memory and communication formulas of the dry run: the parameter count against the real
-module, and the per-GPU figures against METHOD.md's hand calculations."""
+module, and the per-GPU figures against hand calculations (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def test_wan_at_64_gpus_matches_method_section_8():
     assert params == pytest.approx(1.42e9, rel=0.01)
     # 16 bytes/param over 64 GPUs, plus two gathered blocks
     assert memory.student == pytest.approx(16 * params / 64 + 2 * block_parameter_count(config.model) * 2)
-    assert memory.teacher == pytest.approx(2 * params)  # replicated bf16 teacher: METHOD's 2.6 GB at 1.3 B
-    # 21 frames x 1560 tokens x (K, V) x 1536 x 30 layers x 2 bytes = 6.0 GB (METHOD section 4)
+    assert memory.teacher == pytest.approx(2 * params)  # replicated bf16 teacher: 2.6 GB at 1.3 B
+    # 21 frames x 1560 tokens x (K, V) x 1536 x 30 layers x 2 bytes = 6.0 GB (docs/method.md, Slow-Fast Memory)
     assert memory.kv_cache == pytest.approx(6.04e9, rel=0.01)
 
 
@@ -74,3 +74,15 @@ def test_reports_render():
         assert needed in text
     table = projection_table(config, 64, [1, 4, 16, 3])
     assert table.count("\n") == 5 and "| 16 (4 x 4) |" in table and "| 3 | impossible" in table
+
+
+def test_full_history_teacher_shrinks_as_one_over_cp():
+    # 480 latent frames = 2 minutes: 748,800 tokens; nothing d-wide covers the whole sequence, and the
+    # ring's score matrices are chunked (forward) and recomputed (backward), so no S^2 term appears
+    memories = {cp: estimate_memory(*wan_64(f"parallel.context_parallel_degree={cp}", "parallel.teacher_num_frames=480"))
+                for cp in (1, 4, 8, 16)}
+    for cp in (4, 8, 16):
+        assert memories[cp].teacher_forward_activations < memories[1].teacher_forward_activations / cp * 1.1
+    # the critic's ring steps keep O(S d / U) partials for backward, so it shrinks more slowly, but it shrinks
+    assert memories[16].critic_activations < memories[8].critic_activations < memories[4].critic_activations
+    assert memories[16].total < 40e9

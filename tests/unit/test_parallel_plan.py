@@ -7,7 +7,7 @@ import pytest
 import torch.distributed as dist
 
 from ctxf.config import load_config
-from ctxf.parallel.plan import (BatchSizeError, ContextParallelLayoutError, HeadCountError, PlanError,
+from ctxf.parallel.plan import (BatchSizeError, ContextParallelLayoutError, HeadCountError, PlanError, PlanErrors,
                                 SequenceLengthError, WorldSizeError, plan)
 
 
@@ -99,3 +99,22 @@ def test_sequence_divisible_without_padding_is_fine():
 def test_plan_starts_no_process():
     plan(512, wan("parallel.context_parallel_degree=64"))
     assert not dist.is_initialized()
+
+
+def test_every_violated_rule_is_reported_at_once():
+    # 63 ranks with the shipped Wan preset (cp 4, teacher shards 8), a batch and a Ulysses degree that
+    # do not fit either: one run names all four problems
+    config = load_config("wan1.3b", ["parallel.ulysses_degree=5", "parallel.pad_sequence=false"])
+    with pytest.raises(PlanErrors) as err:
+        plan(63, config)
+    kinds = [type(e) for e in err.value.errors]
+    assert kinds.count(WorldSizeError) == 2 and ContextParallelLayoutError in kinds
+    message = str(err.value)
+    assert "parallel.context_parallel_degree=4" in message and "parallel.teacher_shard_degree=8" in message
+    assert "parallel.ulysses_degree=5" in message and message.startswith(f"{len(kinds)} problems")
+    assert isinstance(err.value, PlanError)
+
+
+def test_a_single_violation_keeps_its_own_error_type():
+    with pytest.raises(WorldSizeError):
+        plan(63, wan("parallel.context_parallel_degree=2"))

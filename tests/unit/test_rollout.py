@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from ctxf.ckpt.checkpoint_files import save_diffusers_dir
 from ctxf.config import load_config
-from ctxf.inference.cli import run
+from ctxf.inference.cli import main as ctxf_generate
 from ctxf.inference.generator import StreamingGenerator
 from ctxf.memory.cache import build_memory
 from ctxf.models.text_encoder import build_text_encoder
@@ -31,9 +31,8 @@ def test_rollout_chunks_equal_ctxf_generate(tmp_path):
     cfg, model, generator, text, shape = _setup()
     save_diffusers_dir(model, tmp_path / "student")
     frames = 12  # 3 s at 4 latent frames/s
-    gen_cfg = load_config("tiny", [f"inference.checkpoint={tmp_path / 'student'}", "inference.seconds=3",
-                                   f"inference.output_dir={tmp_path / 'out'}", "inference.seed=7"])
-    run(gen_cfg)
+    assert ctxf_generate(["--checkpoint", str(tmp_path / "student"), "--seconds", "3", "--output-dir",
+                          str(tmp_path / "out"), "--seed", "7"]) == 0
     generated = load_file(tmp_path / "out" / "latents.safetensors")["latents"]
     last = len(generator.timesteps) - 1
     rollout = roll_out(generator, text, shape, frames, window_frames=6, noise=torch.Generator().manual_seed(7),
