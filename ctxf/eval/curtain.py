@@ -131,10 +131,13 @@ class GapResult:
 
 def effective_context(gaps: list[GapResult], chance: float) -> tuple[float | None, float]:
     """(largest gap in seconds up to which recall stays >= the midpoint, the midpoint); the ceiling is the
-    recall at the smallest gap of the grid (G = 0 when the grid has it). None: even that gap is below it."""
+    recall at the smallest gap of the grid (G = 0 when the grid has it). None when the ceiling is not above
+    chance (nothing is remembered even without a gap, so no length can be measured)."""
     ordered = sorted(gaps, key=lambda g: g.gap_frames)
     midpoint = (chance + ordered[0].recall) / 2
     effective = None
+    if ordered[0].recall <= chance:
+        return None, midpoint
     for gap in ordered:
         if gap.recall < midpoint:
             break
@@ -308,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
           f"knowing the held-out rule {chance['heldout_rule']:.3f}; ceiling {report['ceiling']:.3f}; "
           f"midpoint {report['midpoint']:.3f}")
     effective = report["effective_context_seconds"]
-    print(f"effective context length: {'below the first gap' if effective is None else f'{effective:g} s'}")
+    print("effective context length: " + (f"{effective:g} s" if effective is not None else
+                                          "undefined (the first gap's recall is not above chance)"))
     print(f"wrote {json_path} and {png_path}")
     return 0
 

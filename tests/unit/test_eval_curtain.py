@@ -145,6 +145,9 @@ def test_effective_context_is_where_recall_first_drops_below_the_midpoint():
     effective, midpoint = effective_context(gaps, chance=0.1)
     assert midpoint == pytest.approx(0.5)
     assert effective == 2, "stays at or above 0.5 up to 2 s; the later rebound at 8 s does not count"
+    blind = [GapResult(gap_seconds=s, gap_frames=4 * s, recall=0.0, background_psnr=0.0, control_recall=0.0)
+             for s in (0, 1, 2)]
+    assert effective_context(blind, chance=0.0)[0] is None, "a model that recalls nothing at G = 0 has no length"
 
 
 @pytest.mark.parametrize("settings, message", [
