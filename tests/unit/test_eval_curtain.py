@@ -11,7 +11,7 @@ is right exactly when the two clips happen to share an identity.
 import numpy as np
 import pytest
 
-from ctxf.eval.curtain import effective_context, evaluate, make_case, GapResult
+from ctxf.eval.curtain import PSNR_IDENTICAL_DB, GapResult, background_psnr, effective_context, evaluate, make_case
 from data_pipeline.curtain import LATENT_FRAME_SECONDS, SPRITE_COLOURS, CurtainSpec, make_clip, render_background
 
 SPEC = CurtainSpec(gap_range=(1, 32), num_frames=72, min_after=4)
@@ -97,7 +97,7 @@ def test_true_continuations_score_the_ceiling_at_every_gap():
     assert model.calls == 2 * NUM_CLIPS * len(GAPS), "every clip at every gap, and its control"
     for gap in report["gaps"]:
         assert gap["recall"] == 1.0, gap["gap_seconds"]
-        assert gap["background_psnr"] == float("inf")
+        assert gap["background_psnr"] == PSNR_IDENTICAL_DB
         for clip in gap["clips"]:
             first_open = clip["scored_frames"][0]
             truth = make_case(SPEC, SEED, clip["index"], gap["gap_frames"], SCORE_FRAMES).truth
@@ -137,6 +137,20 @@ def test_wrong_identity_is_scored_wrong_not_abstained():
         assert gap["recall"] == 0.0
         for clip in gap["clips"]:
             assert clip["read"] == [(clip["identity"] + 1) % SPEC.num_identities] * SCORE_FRAMES
+
+
+def test_background_psnr_by_hand():
+    case = make_case(SPEC, SEED, 0, 4, SCORE_FRAMES)
+    frame_index = case.truth.curtain_start + 4
+    frame = case.continuation[4].astype(np.int64)
+    top, left = case.truth.sprite_positions[frame_index]
+    height, width = case.truth.sprite_size
+    sprite = np.zeros(frame.shape[:2], bool)
+    sprite[top:top + height, left:left + width] = True
+    frame[~sprite] += np.where(frame[~sprite] > 128, -10, 10)  # every wall pixel off by 10 levels
+    frame[sprite] = 0  # the sprite box is not part of the background score
+    expected = 10 * np.log10(255 ** 2 / 100)
+    assert background_psnr(frame.astype(np.uint8), case.truth, frame_index, SPEC) == pytest.approx(expected)
 
 
 def test_effective_context_is_where_recall_first_drops_below_the_midpoint():
