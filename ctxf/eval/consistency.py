@@ -37,7 +37,8 @@ def flicker(frames: np.ndarray) -> float:
 
 
 def drift(frames: np.ndarray, fraction: float = DRIFT_FRACTION) -> dict:
-    """First `fraction` of the frames against the last `fraction`: mean-frame pixel and mean-colour distance, in [0, 1]."""
+    """The first `fraction` of the frames against the last: distance of their mean frames (pixels) and of
+    their mean colours, both in [0, 1]."""
     count = max(1, round(frames.shape[0] * fraction))
     pixels = frames.astype(np.float64) / 255.0
     first, last = pixels[:count].mean(axis=0), pixels[-count:].mean(axis=0)
