@@ -1,0 +1,58 @@
+"""What the curtain harness asks of a model: continue these frames by that many frames.
+
+`VideoContinuation` is the one interface the harness calls, so a trained checkpoint and the
+scripted controls of the tests are scored by the same code. `StreamingContinuation` is the real
+one: it runs a model through exactly what `ctxf-generate` runs (the data pipeline's codec to
+encode the prefix, `StreamingSession.prefill` to write it into memory, the configured memory
+policy, `StreamingSession.stream` for the new chunks) and decodes the result through the codec.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ctxf.config import Config
+from ctxf.inference.generator import StreamingGenerator
+from ctxf.inference.run import build_parts
+from ctxf.inference.session import StreamingSession
+from ctxf.memory.cache import build_memory
+from ctxf.models.codec import video_to_uint8
+from data_pipeline.clip_encoding import ClipEncoder
+
+
+class VideoContinuation(Protocol):
+    def continue_video(self, prefix: np.ndarray, num_frames: int, prompt: str) -> np.ndarray:
+        """`prefix` `[T, H, W, 3]` uint8 -> the next `num_frames` frames `[num_frames, H, W, 3]` uint8."""
+
+
+class StreamingContinuation:
+    """A model streamed under `cfg.memory.policy`, as `ctxf-generate` streams it."""
+
+    def __init__(self, cfg: Config, model: torch.nn.Module, encoder: ClipEncoder):
+        if cfg.codec.kind != "pixel":
+            raise ValueError(f"the curtain world is drawn one frame per latent frame through the pixel codec; "
+                             f"codec.kind={cfg.codec.kind!r} does not fit it (use codec.kind=pixel)")
+        self.cfg, self.model, self.encoder = cfg, model, encoder
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "StreamingContinuation":
+        """The model `cfg.inference.checkpoint` (+ `checkpoint_role`) names, loaded as `ctxf-generate` loads it."""
+        parts = build_parts(cfg)
+        return cls(cfg, parts.model, parts.encoder)
+
+    @torch.no_grad()
+    def continue_video(self, prefix: np.ndarray, num_frames: int, prompt: str) -> np.ndarray:
+        cfg = self.cfg
+        param = next(self.model.parameters())
+        generator = StreamingGenerator(self.model, build_memory(cfg), cfg.diffusion, cfg.video.num_frames_per_block)
+        latent_shape = (cfg.model.in_channels, cfg.video.latent_height, cfg.video.latent_width)
+        session = StreamingSession(
+            generator, lambda text: self.encoder.text_encoder.encode([text]).to(device=param.device, dtype=param.dtype),
+            prompt, "keep", latent_shape, cfg.inference.seed, cfg.video.latent_fps)
+        session.prefill(self.encoder.latents(prefix)[None].to(device=param.device, dtype=param.dtype))
+        chunks = [chunk.float().cpu() for chunk in session.stream(num_frames)]
+        video = self.encoder.codec.decode(torch.cat(chunks, dim=2))
+        return video_to_uint8(video)[0].numpy()
