@@ -85,7 +85,7 @@ def plot(results: list[dict], path: Path) -> None:
         split.barh(names, widths, left=left, label=phase)
         left = [a + b for a, b in zip(left, widths)]
     split.set_xlabel("median step time, ms (other: logging, reduction)")
-    split.legend(loc="lower right")
+    split.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(PHASES))
     split.invert_yaxis()
     positions = range(len(results))
     checkpoint.barh([p - 0.2 for p in positions], [r["checkpoint_save_seconds"] for r in results], 0.4, label="save")
