@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # bad paths, checkpoints or shapes from the user
         print(f"ctxf-generate: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while starting up, or twice while streaming (once stops cleanly)
+        print("ctxf-generate: interrupted; a growing --interactive video keeps the chunks written so far", file=sys.stderr)
+        return 130
     if "compare" in summary:
         print_comparison(summary["compare"])
         return 0

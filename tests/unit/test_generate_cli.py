@@ -58,3 +58,15 @@ def test_missing_weights_paths_fail_fast_with_one_line(tmp_path, capsys):
     assert "codec.vae_path" in err and "Traceback" not in err
     assert main(["--output-dir", str(tmp_path), "--prefix-latents", str(tmp_path / "missing.npy")]) == 2
     assert "prefix latents" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_starting_up_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import ctxf.inference.cli as cli
+
+    def interrupted(cfg, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert main(["--seconds", "1", "--output-dir", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("ctxf-generate: interrupted") and "Traceback" not in err
