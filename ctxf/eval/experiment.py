@@ -1,12 +1,17 @@
-"""The memory experiment in one command: does a long-context teacher give a long-memory student?
+"""The memory experiment in one command (about 2 hours on 2 cores at the defaults): does a long-context
+teacher give a long-memory student?
 
     python -m ctxf.eval.experiment                       # the full experiment (make experiment)
     python -m ctxf.eval.experiment --root /tmp/x --teacher-steps 2 --init-steps 1 --student-steps 1 \\
         --pairs 2 --clips 2 --gaps 0,1 --score-frames 2 --nproc 1      # a smoke run in about a minute
 
-Sizing: the tiny presets (16 tokens per latent frame) on 2 CPU ranks; the defaults are meant to
-take about 2 hours on 2 cores (training about 1.5 h, the six evaluations the rest), an
-estimate from the tiny trainer's measured steps/s, not yet a measured end-to-end time.
+Sizing: the tiny presets (16 tokens per latent frame, 16x16 frames) on 2 CPU ranks. Expected
+time at the defaults: about 2 hours on 2 cores, estimated from step rates measured by a short
+run of this command on a shared 2-core machine (teacher 7 steps/s, ODE init 9.6 steps/s,
+students 1.6-2.0 steps/s early in their rollout curriculum, slower as rollouts grow; one
+held-out continuation through a 32 s gap well under a second): teacher 8000 steps ~20 min,
+ODE pairs + init ~5 min, four students x 1200 steps ~70-80 min, six evaluations ~10 min.
+Not yet measured end to end.
 
 Stages, each a run directory under --root, started from the previous one by name (as
 `python -m ctxf.chain` does; complete runs are skipped, interrupted ones resume):
@@ -118,6 +123,7 @@ def evaluate_row(args: argparse.Namespace, row: Row) -> dict:
     from ctxf.config import load_config
     from ctxf.eval.continuation import StreamingContinuation
     from ctxf.eval.curtain import evaluate, evaluation_spec, write_report
+    from data_pipeline.curtain import CurtainSpec
 
     out = Path(args.root).resolve() / "eval" / row.key
     settings = eval_settings(args, row)
@@ -132,7 +138,8 @@ def evaluate_row(args: argparse.Namespace, row: Row) -> dict:
     if row.memory:
         overrides.append(f"memory.policy={row.memory}")
     cfg = load_config(preset(args, row.run), overrides)
-    spec = evaluation_spec(cfg.video.latent_height * cfg.codec.pixel_patch, args.num_shapes, args.gaps,
+    # the training data's world (ctxf.data.default_shards draws the default library)
+    spec = evaluation_spec(cfg.video.latent_height * cfg.codec.pixel_patch, CurtainSpec.num_shapes, args.gaps,
                            args.score_frames)
     report = evaluate(StreamingContinuation.from_config(cfg), spec, args.seed, args.clips, args.gaps,
                       args.score_frames)
@@ -208,17 +215,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="outputs/experiment", help="runs, evaluations and results (default "
                                                                       "outputs/experiment)")
-    parser.add_argument("--teacher-steps", type=int, default=3000, help="stage-0 teacher steps (default 3000)")
-    parser.add_argument("--init-steps", type=int, default=400, help="ODE-init steps (default 400)")
-    parser.add_argument("--student-steps", type=int, default=300,
-                        help="steps of each of (a), (b), (b'), (c): one budget for all (default 300)")
-    parser.add_argument("--pairs", type=int, default=256, help="teacher ODE trajectories (default 256)")
+    parser.add_argument("--teacher-steps", type=int, default=8000, help="stage-0 teacher steps (default 8000)")
+    parser.add_argument("--init-steps", type=int, default=1000, help="ODE-init steps (default 1000)")
+    parser.add_argument("--student-steps", type=int, default=1200,
+                        help="steps of each of (a), (b), (b'), (c): one budget for all (default 1200)")
+    parser.add_argument("--pairs", type=int, default=512, help="teacher ODE trajectories (default 512)")
     parser.add_argument("--train-clips", type=int, default=256, help="curtain clips of the training data (default 256)")
     parser.add_argument("--clips", type=int, default=16, help="held-out clips per gap and row (default 16)")
     parser.add_argument("--gaps", type=parse_gaps, default=list(DEFAULT_GAPS_SECONDS),
                         help="gap grid in seconds (default 0,1,2,4,8,12,16,24,32)")
     parser.add_argument("--score-frames", type=int, default=8, help="frames read after reopening (default 8)")
-    parser.add_argument("--num-shapes", type=int, default=3, help="shapes in the evaluation library (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, training and held-out clips (default 0)")
     parser.add_argument("--nproc", type=int, default=2, help="ranks per training stage (default 2)")
     parser.add_argument("--master-port", type=int, default=29527, help="rendezvous port of the training launches")
