@@ -92,11 +92,14 @@ def stage_settings(args: argparse.Namespace, stage: str) -> list[str]:
 
 def training_steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """The commands still to run: complete runs (and a complete ODE pair set) are left out."""
+    from ctxf.config import load_config
+
     root = Path(args.root).resolve()
     launch = training_launch(args.nproc, args.master_port)
     steps = []
     for stage in STAGES:
         settings = stage_settings(args, stage)
+        load_config(preset(args, stage), settings)  # a bad setting fails here, before anything is launched
         if stage == "ode_pairs":
             if not (root / "ode_pairs" / "manifest.json").is_file():
                 steps.append((stage, [sys.executable, "-m", "data_pipeline.make_ode_pairs", "--config",

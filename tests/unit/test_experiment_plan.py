@@ -64,3 +64,12 @@ def test_table_has_one_line_per_row_and_one_column_per_gap():
                         "background PSNR (dB) | training s |")
     assert lines[2] == "| (c) Context Forcing | 4 | 1.000 | 0.500 | 0.250 | 25.00 | 61 |"
     assert lines[3] == "| x | undefined | 1.000 | 0.500 | 0.250 | 25.00 | - |"
+
+
+def test_a_bad_setting_fails_before_anything_runs(tmp_path, capsys):
+    from ctxf.eval.experiment import main
+
+    assert main(["--root", str(tmp_path / "x"), "--set", "longlive:train.no_such_key=1"]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and "no_such_key" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == []
