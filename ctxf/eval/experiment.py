@@ -269,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ctxf.eval.experiment: evaluating {row.label}: {err}", file=sys.stderr)
             return 2
         rows.append(row_summary(row, report, timings))
-    result = {"settings": {key: value for key, value in vars(args).items()}, "training_seconds": timings,
-              "rows": rows}
+    result = {"settings": vars(args), "training_seconds": timings, "rows": rows}
     (root / "experiment.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_rows(rows, root / "experiment.png")
     chance = rows[0]["chance"]
