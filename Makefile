@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctxf-installed
 
-.PHONY: setup run train generate test test-unit test-distributed test-slurm bench dry-run clean
+.PHONY: setup run experiment train generate test test-unit test-distributed test-slurm bench dry-run clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,13 @@ $(STAMP): setup.py setup.cfg constraints.txt
 # video from the final student in outputs/generate/. Running it again skips complete stages.
 run: setup
 	$(PY) -m ctxf.chain --root outputs/train --video-dir outputs/generate
+
+# The memory experiment (about 2 hours on 2 cores): stage-0 teacher -> ODE init -> Self-Forcing,
+# LongLive, LongLive + Slow-Fast and Context Forcing students on equal budgets, then the curtain
+# test of six rows; runs in outputs/experiment/, results in outputs/experiment/experiment.{json,png}.
+# Running it again skips complete stages and evaluations.
+experiment: setup
+	$(PY) -m ctxf.eval.experiment --root outputs/experiment
 
 train: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed --num_gpus 2 ctxf/train.py --deepspeed ds_configs/zero3.json

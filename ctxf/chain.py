@@ -24,21 +24,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("teacher", "ode_pairs", "ode_init", "context_dmd", "generate")
 PRESET_SUFFIX = {"teacher": "", "ode_init": "_ode_init", "context_dmd": "_context_dmd"}
 
 
-def stage_overrides(settings: list[str], stage: str) -> list[str]:
-    """`--set` values for `stage`: the unprefixed ones and those prefixed `stage:`."""
+def stage_overrides(settings: list[str], stage: str, known: tuple[str, ...] = STAGES) -> list[str]:
+    """`--set` values for `stage`: the unprefixed ones and those prefixed `stage:` (one of `known`)."""
     chosen = []
     for item in settings:
         prefix, _, rest = item.partition(":")
         if rest and "=" not in prefix:
-            if prefix not in PRESET_SUFFIX and prefix not in ("generate", "ode_pairs"):
-                raise SystemExit(f"ctxf.chain: --set {item}: unknown stage {prefix!r}; choose teacher, ode_pairs, "
-                                 f"ode_init, context_dmd or generate")
+            if prefix not in known:
+                raise SystemExit(f"--set {item}: unknown stage {prefix!r}; choose {', '.join(known[:-1])} or "
+                                 f"{known[-1]}")
             if prefix == stage:
                 chosen.append(rest)
         else:
@@ -57,13 +58,40 @@ def finished(run_dir: Path, preset: str, overrides: list[str]) -> bool:
     return state.get("status") == "complete" and state.get("step") == load_config(preset, overrides).train.num_steps
 
 
+def training_launch(nproc: int, master_port: int) -> list[str]:
+    """The command prefix of one training stage: torchrun over `nproc` CPU ranks, ZeRO-3."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(master_port), str(REPO / "ctxf" / "train.py"),
+            "--deepspeed", str(REPO / "ds_configs" / "zero3.json")]
+
+
+def run_steps(steps: list[tuple[str, list[str]]], prog: str,
+              on_done: Callable[[str, float], None] | None = None) -> int:
+    """Run each (name, command) in turn with progress lines; stop at the first failure (its exit code).
+    `on_done(name, seconds)` is called after each successful step."""
+    env = {"TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions"),  # DeepSpeed's CPU comm op, compiled once
+           **os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for index, (name, command) in enumerate(steps, start=1):
+        started = time.perf_counter()
+        print(f"\n[{index}/{len(steps)}] {name}: {' '.join(command)}", flush=True)
+        code = subprocess.run(command, cwd=REPO, env=env).returncode
+        if code:
+            print(f"{prog}: stage {name} failed (exit {code}); fix it and run the same command again: completed "
+                  f"stages are kept and resumed", file=sys.stderr)
+            return code
+        seconds = time.perf_counter() - started
+        print(f"[{index}/{len(steps)}] {name} done in {seconds:.0f} s", flush=True)
+        if on_done is not None:
+            on_done(name, seconds)
+    return 0
+
+
 def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     root = Path(args.root).resolve()
     teacher, pairs = root / "teacher", root / "ode_pairs"
     preset = {stage: f"{args.preset_prefix}{suffix}" for stage, suffix in PRESET_SUFFIX.items()}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
-              "--master_port", str(args.master_port), str(REPO / "ctxf" / "train.py"),
-              "--deepspeed", str(REPO / "ds_configs" / "zero3.json")]
+    launch = training_launch(args.nproc, args.master_port)
     links = {"teacher": [],
              "ode_init": [f"distill.teacher_checkpoint={teacher}", f"data.shards={pairs / 'manifest.json'}"],
              "context_dmd": [f"distill.teacher_checkpoint={teacher}", f"train.init_checkpoint={root / 'ode_init'}"]}
@@ -104,18 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = commands(args)
     print(f"chain: {' -> '.join(name for name, _ in steps)} in {Path(args.root).resolve()} (complete stages "
           f"are skipped)", flush=True)
-    env = {"TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions"),  # DeepSpeed's CPU comm op, compiled once
-           **os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for index, (name, command) in enumerate(steps, start=1):
-        started = time.perf_counter()
-        print(f"\n[{index}/{len(steps)}] {name}: {' '.join(command)}", flush=True)
-        code = subprocess.run(command, cwd=REPO, env=env).returncode
-        if code:
-            print(f"ctxf.chain: stage {name} failed (exit {code}); fix it and run the same command again: completed "
-                  f"stages are kept and resumed", file=sys.stderr)
-            return code
-        print(f"[{index}/{len(steps)}] {name} done in {time.perf_counter() - started:.0f} s", flush=True)
+    code = run_steps(steps, "ctxf.chain")
+    if code:
+        return code
     print(f"\nchain complete: video in {steps[-1][1][steps[-1][1].index('--output-dir') + 1]}")
     return 0
 

@@ -1,0 +1,286 @@
+"""The memory experiment in one command (about 2 hours on 2 cores at the defaults): does a long-context
+teacher give a long-memory student?
+
+    python -m ctxf.eval.experiment                       # the full experiment (make experiment)
+    python -m ctxf.eval.experiment --root /tmp/x --teacher-steps 2 --init-steps 1 --student-steps 1 \\
+        --pairs 2 --clips 2 --gaps 0,1 --score-frames 2 --nproc 1      # a smoke run in about a minute
+
+Sizing: the tiny presets (16 tokens per latent frame, 16x16 frames) on 2 CPU ranks. Expected
+time at the defaults: about 2 hours on 2 cores, estimated from step rates measured by a short
+run of this command on a shared 2-core machine (teacher 7 steps/s, ODE init 9.6 steps/s,
+students 1.6-2.0 steps/s early in their rollout curriculum, slower as rollouts grow; one
+held-out continuation through a 32 s gap well under a second): teacher 8000 steps ~20 min,
+ODE pairs + init ~5 min, four students x 1200 steps ~70-80 min, six evaluations ~10 min.
+Not yet measured end to end.
+
+Stages, each a run directory under --root, started from the previous one by name (as
+`python -m ctxf.chain` does; complete runs are skipped, interrupted ones resume):
+1. teacher: stage 0 on the built-in curtain world (fixed captions, generated into <root>/data);
+2. ode_pairs + ode_init: the causal student initialised from the teacher's ODE trajectories;
+3. from that same init, with the same data, seed and --student-steps each:
+   (a) self_forcing, (b) longlive, (b') longlive_slowfast (LongLive's history-blind teacher with
+   the Slow-Fast student of (c)), (c) context_dmd (Context Forcing).
+
+Then `ctxf.eval.curtain` scores six rows on the same held-out clips and gaps, each with the
+swapped-context control: the stage-0 teacher (full history), (a), (a) streamed with
+Infinity-RoPE inference (memory.policy=infinity_rope, no training), (b), (b'), (c). A row whose
+<root>/eval/<row>/curtain_eval.json exists for the same settings is not evaluated again.
+
+Writes <root>/experiment.json (every row, its training seconds and the per-clip reports' paths)
+and <root>/experiment.png (recall vs gap, every row, controls dashed), and prints a markdown table.
+`--set key=value` applies to every stage; `--set STAGE:key=value` to one of teacher, ode_pairs,
+ode_init, self_forcing, longlive, longlive_slowfast, context_dmd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctxf.chain import finished, run_steps, stage_overrides, training_launch
+from ctxf.eval.curtain import DEFAULT_GAPS_SECONDS, parse_gaps
+
+STUDENT_PRESETS = {"self_forcing": "_self_forcing", "longlive": "_longlive",
+                   "longlive_slowfast": "_longlive_slowfast", "context_dmd": "_context_dmd"}
+STAGES = ("teacher", "ode_pairs", "ode_init", *STUDENT_PRESETS)
+TIMINGS = "experiment_timings.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    run: str  # the run directory (stage) whose weights are scored
+    memory: str | None  # memory policy to stream with (None: the stage preset's)
+
+
+ROWS = (Row("teacher", "stage-0 teacher", "teacher", "full"),
+        Row("a", "(a) Self-Forcing", "self_forcing", None),
+        Row("a_infinity_rope", "(a) + Infinity-RoPE inference", "self_forcing", "infinity_rope"),
+        Row("b", "(b) LongLive", "longlive", None),
+        Row("b_slowfast", "(b') LongLive, Slow-Fast student", "longlive_slowfast", None),
+        Row("c", "(c) Context Forcing", "context_dmd", None))
+
+
+def preset(args: argparse.Namespace, stage: str) -> str:
+    suffix = {"teacher": "", "ode_pairs": "_ode_init", "ode_init": "_ode_init", **STUDENT_PRESETS}[stage]
+    return f"{args.preset_prefix}{suffix}"
+
+
+def stage_settings(args: argparse.Namespace, stage: str) -> list[str]:
+    """Every override of `stage`: the shared data and seed, its budget, its links to earlier runs, then --set."""
+    root = Path(args.root).resolve()
+    shared = [f"train.seed={args.seed}", f"data.seed={args.seed}", f"data.cache_dir={root / 'data'}",
+              f"data.default_clips={args.train_clips}"]
+    steps = {"teacher": args.teacher_steps, "ode_init": args.init_steps}.get(stage, args.student_steps)
+    budget = [f"train.num_steps={steps}", f"train.checkpoint_every={max(1, steps // 10)}"]
+    links = {"teacher": [],
+             "ode_pairs": [f"distill.teacher_checkpoint={root / 'teacher'}"],
+             "ode_init": [f"distill.teacher_checkpoint={root / 'teacher'}",
+                          f"data.shards={root / 'ode_pairs' / 'manifest.json'}"]}
+    student = [f"distill.teacher_checkpoint={root / 'teacher'}", f"train.init_checkpoint={root / 'ode_init'}",
+               # the long-rollout curriculum spans the whole budget, as the presets' does theirs
+               f"distill.rollout_growth_steps={args.student_steps}"]
+    own = links.get(stage, student)
+    if stage == "ode_pairs":
+        return [*shared, *own, *stage_overrides(args.set, stage, STAGES)]
+    return [*shared, *budget, *own, *stage_overrides(args.set, stage, STAGES)]
+
+
+def training_steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """The commands still to run: complete runs (and a complete ODE pair set) are left out."""
+    from ctxf.config import load_config
+
+    root = Path(args.root).resolve()
+    launch = training_launch(args.nproc, args.master_port)
+    steps = []
+    for stage in STAGES:
+        settings = stage_settings(args, stage)
+        load_config(preset(args, stage), settings)  # a bad setting fails here, before anything is launched
+        if stage == "ode_pairs":
+            if not (root / "ode_pairs" / "manifest.json").is_file():
+                steps.append((stage, [sys.executable, "-m", "data_pipeline.make_ode_pairs", "--config",
+                                      preset(args, stage), "--out", str(root / "ode_pairs"), "--num-samples",
+                                      str(args.pairs), "--seed", str(args.seed),
+                                      # every rank reads whole shards: at least one shard per rank
+                                      "--samples-per-shard", str(max(1, min(8, args.pairs // args.nproc))),
+                                      *[f"--set={item}" for item in settings]]))
+        elif not finished(root / stage, preset(args, stage), settings):
+            steps.append((stage, [*launch, "--config", preset(args, stage), "--output-dir", str(root / stage),
+                                  *settings]))
+    return steps
+
+
+def eval_settings(args: argparse.Namespace, row: Row) -> dict:
+    root = Path(args.root).resolve()
+    return {"checkpoint": str(root / row.run), "memory": row.memory, "clips": args.clips, "gaps": list(args.gaps),
+            "score_frames": args.score_frames, "seed": args.seed,
+            "overrides": stage_overrides(args.set, row.run, STAGES)}
+
+
+def evaluate_row(args: argparse.Namespace, row: Row) -> dict:
+    """The curtain report of `row`, computed now or read back when it exists for the same settings."""
+    from ctxf.config import load_config
+    from ctxf.eval.continuation import StreamingContinuation
+    from ctxf.eval.curtain import evaluate, evaluation_spec, write_report
+    from data_pipeline.curtain import CurtainSpec
+
+    out = Path(args.root).resolve() / "eval" / row.key
+    settings = eval_settings(args, row)
+    path = out / "curtain_eval.json"
+    if path.is_file():
+        report = json.loads(path.read_text())
+        if report.get("experiment_settings") == settings:
+            print(f"{row.label}: evaluated before, reading {path}", flush=True)
+            return report
+    print(f"{row.label}: evaluating {settings['checkpoint']} ({row.memory or 'its own'} memory)", flush=True)
+    overrides = [*settings["overrides"], f"inference.checkpoint={settings['checkpoint']}"]
+    if row.memory:
+        overrides.append(f"memory.policy={row.memory}")
+    cfg = load_config(preset(args, row.run), overrides)
+    # the training data's world (ctxf.data.default_shards draws the default library)
+    spec = evaluation_spec(cfg.video.latent_height * cfg.codec.pixel_patch, CurtainSpec.num_shapes, args.gaps,
+                           args.score_frames)
+    report = evaluate(StreamingContinuation.from_config(cfg), spec, args.seed, args.clips, args.gaps,
+                      args.score_frames)
+    report.update(checkpoint=settings["checkpoint"], memory_policy=cfg.memory.policy, experiment_settings=settings)
+    write_report(report, out, label=row.label)
+    return report
+
+
+def row_summary(row: Row, report: dict, timings: dict) -> dict:
+    gaps = report["gaps"]
+    return {"key": row.key, "label": row.label, "run": row.run, "memory_policy": report["memory_policy"],
+            "training_seconds": timings.get(row.run),
+            "effective_context_seconds": report["effective_context_seconds"], "ceiling": report["ceiling"],
+            "chance": report["chance"], "midpoint": report["midpoint"],
+            "background_psnr": sum(g["background_psnr"] for g in gaps) / len(gaps),
+            "gaps": [{key: g[key] for key in ("gap_seconds", "recall", "control_recall", "background_psnr")}
+                     for g in gaps],
+            "report": str(Path(report["checkpoint"]).parent / "eval" / row.key / "curtain_eval.json")}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    gaps = [g["gap_seconds"] for g in rows[0]["gaps"]]
+    head = ["row", "effective context (s)", *[f"recall @ {s:g} s" for s in gaps], "control recall",
+            "background PSNR (dB)", "training s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        effective = row["effective_context_seconds"]
+        control = [g["control_recall"] for g in row["gaps"]]
+        seconds = row["training_seconds"]
+        cells = [row["label"], "undefined" if effective is None else f"{effective:g}",
+                 *[f"{g['recall']:.3f}" for g in row["gaps"]], f"{sum(control) / len(control):.3f}",
+                 f"{row['background_psnr']:.2f}", "-" if seconds is None else f"{seconds:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_rows(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for index, row in enumerate(rows):
+        colour = f"C{index}"
+        seconds = [g["gap_seconds"] for g in row["gaps"]]
+        ax.plot(seconds, [g["recall"] for g in row["gaps"]], "o-", color=colour, label=row["label"])
+        ax.plot(seconds, [g["control_recall"] for g in row["gaps"]], "x--", color=colour, alpha=0.5, lw=0.8)
+    ax.axhline(rows[0]["chance"]["uniform"], color="black", lw=0.8, ls=":", label="1 / identities")
+    ax.plot([], [], "x--", color="grey", label="swapped-context control (dashed, per row)")
+    ax.set_xlabel("gap (s)")
+    ax.set_ylabel("identity recall after reopening")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def record_time(root: Path):
+    """An `on_done` that adds each stage's seconds to <root>/experiment_timings.json (resumed runs add up)."""
+    def on_done(stage: str, seconds: float) -> None:
+        path = root / TIMINGS
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+        timings[stage] = timings.get(stage, 0.0) + seconds
+        path.write_text(json.dumps(timings, indent=2) + "\n")
+    return on_done
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ctxf.eval.experiment", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="outputs/experiment", help="runs, evaluations and results (default "
+                                                                      "outputs/experiment)")
+    parser.add_argument("--teacher-steps", type=int, default=8000, help="stage-0 teacher steps (default 8000)")
+    parser.add_argument("--init-steps", type=int, default=1000, help="ODE-init steps (default 1000)")
+    parser.add_argument("--student-steps", type=int, default=1200,
+                        help="steps of each of (a), (b), (b'), (c): one budget for all (default 1200)")
+    parser.add_argument("--pairs", type=int, default=512, help="teacher ODE trajectories (default 512)")
+    parser.add_argument("--train-clips", type=int, default=256, help="curtain clips of the training data (default 256)")
+    parser.add_argument("--clips", type=int, default=16, help="held-out clips per gap and row (default 16)")
+    parser.add_argument("--gaps", type=parse_gaps, default=list(DEFAULT_GAPS_SECONDS),
+                        help="gap grid in seconds (default 0,1,2,4,8,12,16,24,32)")
+    parser.add_argument("--score-frames", type=int, default=8, help="frames read after reopening (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, training and held-out clips (default 0)")
+    parser.add_argument("--nproc", type=int, default=2, help="ranks per training stage (default 2)")
+    parser.add_argument("--master-port", type=int, default=29527, help="rendezvous port of the training launches")
+    parser.add_argument("--preset-prefix", default="tiny", help="preset family (default tiny)")
+    parser.add_argument("--set", action="append", default=[], metavar="[STAGE:]KEY=VALUE",
+                        help="config override for every stage, or for one with a STAGE: prefix (repeatable)")
+    args = parser.parse_args(argv)
+    for name in ("teacher_steps", "init_steps", "student_steps", "pairs", "train_clips", "score_frames", "nproc"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.clips < 2:
+        parser.error("--clips must be at least 2 (the swapped-context control swaps clips)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ctxf.config import ConfigError
+
+    args = parse_args(argv)
+    root = Path(args.root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        steps = training_steps(args)
+    except ConfigError as err:
+        print(f"ctxf.eval.experiment: config error: {err}", file=sys.stderr)
+        return 2
+    done = [stage for stage in STAGES if stage not in dict(steps)]
+    print(f"experiment in {root}: to train {', '.join(dict(steps)) or 'nothing'}"
+          + (f" (complete, skipped: {', '.join(done)})" if done else ""), flush=True)
+    code = run_steps(steps, "ctxf.eval.experiment", on_done=record_time(root))
+    if code:
+        return code
+    timings = json.loads((root / TIMINGS).read_text()) if (root / TIMINGS).is_file() else {}
+    rows = []
+    for row in ROWS:
+        try:
+            report = evaluate_row(args, row)
+        except (ConfigError, ValueError, FileNotFoundError) as err:
+            print(f"ctxf.eval.experiment: evaluating {row.label}: {err}", file=sys.stderr)
+            return 2
+        rows.append(row_summary(row, report, timings))
+    result = {"settings": vars(args), "training_seconds": timings, "rows": rows}
+    (root / "experiment.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_rows(rows, root / "experiment.png")
+    chance = rows[0]["chance"]
+    print("\n" + markdown_table(rows) + "\n")
+    print(f"chance: 1/identities {chance['uniform']:.3f}, blind guess knowing the held-out rule "
+          f"{chance['heldout_rule']:.3f}; each row's midpoint uses its own control's recall")
+    print(f"shared cost: ODE pairs {timings.get('ode_pairs', 0):.0f} s, ODE init {timings.get('ode_init', 0):.0f} s "
+          f"(training s counts runs made by this command; '-' when trained elsewhere)")
+    print(f"wrote {root / 'experiment.json'} and {root / 'experiment.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
