@@ -141,7 +141,7 @@ class Trainer:
                 local_loss = sum(v for k, v in metrics.items() if k.startswith("loss/"))
                 reduced, stop_requested = reduce_step(metrics, stop.signal_name is not None)
                 self.step += 1
-                self._guard(local_loss)
+                self._guard(local_loss, applied=bool(metrics["step_applied"]), grad_norm=metrics["grad_norm"])
                 losses[self.step] = next((v for k, v in sorted(reduced.items()) if k.startswith("loss/")), float("nan"))
                 log.advance(self.step)
                 if self.step % train.log_every == 0 or self.step == train.num_steps or stop_requested:
@@ -177,7 +177,7 @@ class Trainer:
             data_seconds += time.perf_counter() - fetch
             for name, value in self.method.train_step(batch, self.step, micro).items():
                 totals[name] = totals.get(name, 0.0) + value / self.accumulation
-        stepped = self._stepped_engines(self.step)
+        stepped = {role: self.method.engines[role] for role in self.method.stepped_roles(self.step)}
         applied = all(engine.was_step_applied() for engine in stepped.values())
         if applied and self.step + 1 >= self.config.train.ema_start_step:
             for role, ema in self.emas.items():
@@ -186,21 +186,17 @@ class Trainer:
         elapsed = time.perf_counter() - started
         engine = next(iter(stepped.values()))
         metrics = {**totals, **{f"time/{k}": v for k, v in self.method.take_phase_seconds().items()},
-                   "time/data": data_seconds, "time/step": elapsed, "samples_per_s": self.config.train.global_batch_size / elapsed,  # the whole job's rate
+                   "time/data": data_seconds, "time/step": elapsed,
+                   "samples_per_s": self.config.train.global_batch_size / elapsed,  # the whole job's rate
                    "lr": float(engine.get_lr()[0]), "memory/peak_mb": _peak_memory_mb(),
                    "data/skipped": float(sum(self.loader.counters.values())), "step_applied": float(applied)}
         norm = engine.get_global_grad_norm()
         metrics["grad_norm"] = float(norm) if norm is not None else 0.0
         return metrics, batch
 
-    def _stepped_engines(self, step: int) -> dict:
-        """The engines whose optimizer stepped at `step` (`method.stepped_roles`)."""
-        return {role: self.method.engines[role] for role in self.method.stepped_roles(step)}
-
-    def _guard(self, local_loss: float) -> None:
-        """Called once `self.step` counts the step just run."""
-        stepped = self._stepped_engines(self.step - 1)
-        applied = all(engine.was_step_applied() for engine in stepped.values())
+    def _guard(self, local_loss: float, applied: bool, grad_norm: float) -> None:
+        """Called once `self.step` counts the step just run; `applied` and `grad_norm` are that
+        step's (from the engines it stepped)."""
         if applied:
             self.bad_in_row = 0
             return
@@ -210,8 +206,7 @@ class Trainer:
         if culprits:
             what = ", ".join(f"rank {rank} loss {value}" for rank, value in culprits)
         else:
-            norm = next(iter(stepped.values())).get_global_grad_norm()
-            what = f"gradient norm {norm} (losses finite)"
+            what = f"gradient norm {grad_norm} (losses finite)"
         message = (f"step {self.step}: non-finite {what}; the optimizer step was skipped on all ranks "
                    f"({self.bad_in_row} in a row, {self.skipped_steps} in total)")
         if self.rank == 0:

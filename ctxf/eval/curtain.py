@@ -214,27 +214,39 @@ def evaluation_spec(frame_size: int, num_shapes: int, gaps_seconds: list[float],
                        num_frames=defaults.entry_range[1] + defaults.visible_range[1] + longest + score_frames)
 
 
-def plot_recall(report: dict, path: Path, label: str = "model") -> None:
+def recall_figure(size: tuple[float, float]):
+    """A (figure, axes) on matplotlib's file-only Agg backend for a recall-vs-gap plot."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no screen
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=size)
+
+
+def save_recall_figure(fig, ax, path: Path, legend_size: int) -> None:
+    """Label the recall-vs-gap axes, write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("gap (s)")
+    ax.set_ylabel("identity recall after reopening")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_recall(report: dict, path: Path, label: str = "model") -> None:
     gaps = report["gaps"]
     seconds = [g["gap_seconds"] for g in gaps]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = recall_figure((6, 4))
     ax.plot(seconds, [g["recall"] for g in gaps], "o-", label=label)
     if gaps[0]["control_recall"] is not None:
         ax.plot(seconds, [g["control_recall"] for g in gaps], "x--", color="grey", label="swapped-context control")
     ax.axhline(report["chance"]["uniform"], color="black", lw=0.8, ls=":", label="1 / identities")
     ax.axhline(report["midpoint"], color="tab:red", lw=0.8, ls="-.", label="midpoint (effective context)")
-    ax.set_xlabel("gap (s)")
-    ax.set_ylabel("identity recall after reopening")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_recall_figure(fig, ax, path, legend_size=8)
 
 
 def write_report(report: dict, out_dir: Path, label: str = "model") -> tuple[Path, Path]:

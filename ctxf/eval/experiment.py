@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctxf.chain import finished, run_steps, stage_overrides, training_launch
-from ctxf.eval.curtain import DEFAULT_GAPS_SECONDS, parse_gaps
+from ctxf.eval.curtain import DEFAULT_GAPS_SECONDS, parse_gaps, recall_figure, save_recall_figure
 
 STUDENT_PRESETS = {"self_forcing": "_self_forcing", "longlive": "_longlive",
                    "longlive_slowfast": "_longlive_slowfast", "context_dmd": "_context_dmd"}
@@ -180,12 +180,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_rows(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no screen
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = recall_figure((7, 4.5))
     for index, row in enumerate(rows):
         colour = f"C{index}"
         seconds = [g["gap_seconds"] for g in row["gaps"]]
@@ -193,13 +188,7 @@ def plot_rows(rows: list[dict], path: Path) -> None:
         ax.plot(seconds, [g["control_recall"] for g in row["gaps"]], "x--", color=colour, alpha=0.5, lw=0.8)
     ax.axhline(rows[0]["chance"]["uniform"], color="black", lw=0.8, ls=":", label="1 / identities")
     ax.plot([], [], "x--", color="grey", label="swapped-context control (dashed, per row)")
-    ax.set_xlabel("gap (s)")
-    ax.set_ylabel("identity recall after reopening")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_recall_figure(fig, ax, path, legend_size=7)
 
 
 def record_time(root: Path):
