@@ -5,13 +5,17 @@
 
 For each held-out curtain clip (`data_pipeline.curtain`, the same world and seed as the training
 data) and each gap G of the grid (seconds; one latent frame = 0.25 s):
-1. the model sees the clip up to the moment the curtain closes (prefix continuation, through the
-   streaming generator `ctxf-generate` uses, under the configured memory policy);
-2. it generates G seconds of curtain plus `--score-frames` frames after the curtain has fully
-   reopened, which are the frames read (the JSON lists them per clip);
+1. the model is given the clip up to the moment the curtain reopens: the scene, then G frames of
+   curtain, written into its memory through the streaming generator `ctxf-generate` uses (prefix
+   continuation), so the configured memory policy has to carry the sprite across G curtain frames;
+2. it generates `--score-frames` frames from the reopening on, which are the frames read (the JSON
+   lists them per clip);
 3. each read frame scores identity recall (a strict reader of the sprite against the known
    library: an abstention is wrong) and background PSNR (pixels away from the true sprite box
    against the true background).
+Why the curtain is given rather than generated: the progress bar reveals when the curtain opens
+only frame by frame (one pixel per G/16 frames), so a model generating the gap from its first
+frame would be scored on guessing G, not on remembering what the curtain hides.
 
 The control stays in distribution: the same clip with its pre-curtain context swapped for
 another held-out clip's. Its recall is the measured chance level; the uniform guess
@@ -44,17 +48,17 @@ PSNR_IDENTICAL_DB = 100.0  # what an exact background scores (finite, so the JSO
 
 @dataclass
 class CurtainCase:
-    """One clip at one gap: what the model sees, what it should produce, which frames are read."""
+    """One clip at one gap: what the model is given, what it should produce (all of it is read)."""
 
     truth: CurtainTruth
     gap_frames: int
-    prefix: np.ndarray  # [curtain_start, H, W, 3] uint8: the clip until the curtain closes
-    continuation: np.ndarray  # [gap_frames + score_frames, H, W, 3] uint8: the true next frames
+    prefix: np.ndarray  # [curtain_start + gap_frames, H, W, 3] uint8: the clip until the curtain reopens
+    continuation: np.ndarray  # [score_frames, H, W, 3] uint8: the true frames from the reopening on
 
     @property
-    def scored(self) -> range:
-        """Indices into the continuation of the frames read: all after the curtain has fully reopened."""
-        return range(self.gap_frames, self.continuation.shape[0])
+    def first_frame(self) -> int:
+        """Absolute clip index of the continuation's first frame: the first with the curtain open."""
+        return self.truth.curtain_start + self.gap_frames
 
 
 def make_case(spec: CurtainSpec, seed: int, index: int, gap_frames: int, score_frames: int) -> CurtainCase:
@@ -66,12 +70,12 @@ def make_case(spec: CurtainSpec, seed: int, index: int, gap_frames: int, score_f
         truth.sprite_positions = truth.sprite_positions[:truth.curtain_start] + \
             truth.sprite_positions[truth.curtain_start + 1:]
         truth.gap, truth.num_frames = 0, truth.num_frames - 1
-    start = truth.curtain_start
-    continuation = frames[start:start + gap_frames + score_frames]
-    if continuation.shape[0] < gap_frames + score_frames:
-        raise ValueError(f"score_frames={score_frames} is more than the {continuation.shape[0] - gap_frames} frames "
-                         f"the world keeps after the curtain (spec.min_after={spec.min_after})")
-    return CurtainCase(truth=truth, gap_frames=gap_frames, prefix=frames[:start], continuation=continuation)
+    reopening = truth.curtain_start + gap_frames
+    continuation = frames[reopening:reopening + score_frames]
+    if continuation.shape[0] < score_frames:
+        raise ValueError(f"score_frames={score_frames} is more than the {continuation.shape[0]} frames the world "
+                         f"keeps after the curtain (spec.min_after={spec.min_after})")
+    return CurtainCase(truth=truth, gap_frames=gap_frames, prefix=frames[:reopening], continuation=continuation)
 
 
 def background_psnr(frame: np.ndarray, truth: CurtainTruth, absolute_frame: int, spec: CurtainSpec) -> float:
@@ -102,8 +106,8 @@ def score_case(case: CurtainCase, generated: np.ndarray, spec: CurtainSpec, cont
         raise ValueError(f"the model returned frames of shape {generated.shape}, expected {case.continuation.shape}")
     truth = case.truth
     reads, psnrs, absolute = [], [], []
-    for offset in case.scored:
-        frame_index = truth.curtain_start + offset
+    for offset in range(case.continuation.shape[0]):
+        frame_index = case.first_frame + offset
         reads.append(read_sprite(generated[offset], spec))
         psnrs.append(background_psnr(generated[offset], truth, frame_index, spec))
         absolute.append(frame_index)

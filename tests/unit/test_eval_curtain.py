@@ -41,15 +41,16 @@ class TrueContinuation:
         return self.case(prefix, num_frames).continuation.copy()
 
 
-def redraw_sprite(frames, case, absolute_start, identity):
-    """`frames` with the true sprite replaced by one of `identity` at the true position."""
+def redraw_sprite(frames, case, identity):
+    """`frames` (the continuation, from the reopening on) with the true sprite replaced by one of
+    `identity` at the true position."""
     truth = case.truth
     out = frames.copy()
     background = render_background(truth.background, SPEC.frame_size)
     colour = list(SPRITE_COLOURS.values())[identity // SPEC.num_shapes]
     height, width = SPEC.sprite_size(identity % SPEC.num_shapes)
-    for offset in range(case.gap_frames, frames.shape[0]):
-        top, left = truth.sprite_positions[absolute_start + offset]
+    for offset in range(frames.shape[0]):
+        top, left = truth.sprite_positions[case.first_frame + offset]
         old_h, old_w = truth.sprite_size
         out[offset, top:top + old_h, left:left + old_w] = background[top:top + old_h, left:left + old_w]
         top, left = min(top, SPEC.frame_size - height), min(left, SPEC.frame_size - width)
@@ -63,7 +64,7 @@ class WrongIdentity(TrueContinuation):
     def continue_video(self, prefix, num_frames, prompt):
         case = self.case(prefix, num_frames)
         wrong = (case.truth.identity + 1) % SPEC.num_identities
-        return redraw_sprite(case.continuation, case, case.truth.curtain_start, wrong)
+        return redraw_sprite(case.continuation, case, wrong)
 
 
 class WindowMemory(TrueContinuation):
@@ -80,7 +81,7 @@ class WindowMemory(TrueContinuation):
         if case.gap_frames < self.window:
             return case.continuation.copy()
         guess = int(self.rng.integers(SPEC.num_identities))
-        return redraw_sprite(case.continuation, case, case.truth.curtain_start, guess)
+        return redraw_sprite(case.continuation, case, guess)
 
 
 def identities():
@@ -141,8 +142,9 @@ def test_wrong_identity_is_scored_wrong_not_abstained():
 
 def test_background_psnr_by_hand():
     case = make_case(SPEC, SEED, 0, 4, SCORE_FRAMES)
-    frame_index = case.truth.curtain_start + 4
-    frame = case.continuation[4].astype(np.int64)
+    frame_index = case.truth.curtain_start + 4 + 1  # the second frame after a 4-frame curtain
+    assert (case.prefix.shape[0], case.first_frame) == (case.truth.curtain_start + 4, frame_index - 1)
+    frame = case.continuation[1].astype(np.int64)
     top, left = case.truth.sprite_positions[frame_index]
     height, width = case.truth.sprite_size
     sprite = np.zeros(frame.shape[:2], bool)
