@@ -276,6 +276,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                              "a training run or step directory")
     parser.add_argument("--role", help="with a training checkpoint: student, teacher or critic (+ _ema)")
     parser.add_argument("--memory", help="memory policy to stream with (default: the config's memory.policy)")
+    parser.add_argument("--generator", choices=("streaming", "teacher"), default="streaming",
+                        help="streaming: a causal student through its KV memory, as ctxf-generate runs it; teacher: "
+                             "a bidirectional stage-0 teacher, window by window over its training context layout")
     parser.add_argument("--clips", type=int, default=16, help="held-out clips per gap (default 16)")
     parser.add_argument("--gaps", type=parse_gaps, default=list(DEFAULT_GAPS_SECONDS),
                         help="gap grid in seconds (default 0,1,2,4,8,12,16,24,32)")
@@ -292,7 +295,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from ctxf.config import ConfigError, load_config
-    from ctxf.eval.continuation import StreamingContinuation
+    from ctxf.eval.continuation import continuation_from_config
 
     args = parse_args(argv)
     overrides = list(args.overrides)
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         check_settings(args.clips, args.gaps, args.score_frames, not args.no_control, args.chance)
         spec = evaluation_spec(cfg.video.latent_height * cfg.codec.pixel_patch, args.num_shapes, args.gaps,
                                args.score_frames)
-        model = StreamingContinuation.from_config(cfg)
+        model = continuation_from_config(cfg, args.generator)
         report = evaluate(model, spec, args.seed, args.clips, args.gaps, args.score_frames,
                           control=not args.no_control, chance=args.chance)
     except ConfigError as err:
@@ -316,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report["checkpoint"] = cfg.inference.checkpoint
     report["role"] = cfg.inference.checkpoint_role
-    report["memory_policy"] = cfg.memory.policy
-    json_path, png_path = write_report(report, Path(args.out), label=f"{cfg.memory.policy}")
+    report["memory_policy"] = cfg.memory.policy if args.generator == "streaming" else None
+    report["generator"] = args.generator
+    json_path, png_path = write_report(report, Path(args.out), label=report["memory_policy"] or "stage-0 teacher")
     chance = report["chance"]
     print(f"{'gap s':>6} {'recall':>7} {'control':>8} {'bg PSNR':>8}")
     for gap in report["gaps"]:

@@ -22,7 +22,7 @@ Stages, each a run directory under --root, started from the previous one by name
    the Slow-Fast student of (c)), (c) context_dmd (Context Forcing).
 
 Then `ctxf.eval.curtain` scores six rows on the same held-out clips and gaps, each with the
-swapped-context control: the stage-0 teacher (streamed with the Slow-Fast memory), (a), (a) streamed with
+swapped-context control: the stage-0 teacher (generating over its training context layout), (a), (a) streamed with
 Infinity-RoPE inference (memory.policy=infinity_rope, no training), (b), (b'), (c). A row whose
 <root>/eval/<row>/curtain_eval.json exists for the same settings is not evaluated again.
 
@@ -60,12 +60,12 @@ class Row:
     label: str
     run: str  # the run directory (stage) whose weights are scored
     memory: str | None  # memory policy to stream with (None: the stage preset's)
+    generator: str = "streaming"  # ctxf.eval.continuation.continuation_from_config
 
 
-# The teacher streams with the Slow-Fast memory of (c): bounded positions inside the range it was trained
-# on (sink | slow | recent | target, 24 frames), the context it scores (c)'s windows in. `full` would put
-# it at absolute positions up to 160, far outside that range.
-ROWS = (Row("teacher", "stage-0 teacher (Slow-Fast memory)", "teacher", "slow_fast"),
+# The teacher is bidirectional: it has no KV cache to stream through, so it generates as stage 0 trained it,
+# window by window over [sink | slow | recent] of the history so far (TeacherContinuation).
+ROWS = (Row("teacher", "stage-0 teacher (its training context)", "teacher", None, "teacher"),
         Row("a", "(a) Self-Forcing", "self_forcing", None),
         Row("a_infinity_rope", "(a) + Infinity-RoPE inference", "self_forcing", "infinity_rope"),
         Row("b", "(b) LongLive", "longlive", None),
@@ -124,7 +124,8 @@ def training_steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def eval_settings(args: argparse.Namespace, row: Row) -> dict:
     root = Path(args.root).resolve()
-    return {"checkpoint": str(root / row.run), "memory": row.memory, "clips": args.clips, "gaps": list(args.gaps),
+    return {"checkpoint": str(root / row.run), "memory": row.memory, "generator": row.generator, "clips": args.clips,
+            "gaps": list(args.gaps),
             "score_frames": args.score_frames, "seed": args.seed,
             "overrides": [*MODEL, *stage_overrides(args.set, row.run, STAGES)]}
 
@@ -132,7 +133,7 @@ def eval_settings(args: argparse.Namespace, row: Row) -> dict:
 def evaluate_row(args: argparse.Namespace, row: Row) -> dict:
     """The curtain report of `row`, computed now or read back when it exists for the same settings."""
     from ctxf.config import load_config
-    from ctxf.eval.continuation import StreamingContinuation
+    from ctxf.eval.continuation import continuation_from_config
     from ctxf.eval.curtain import evaluate, evaluation_spec, write_report
     from data_pipeline.curtain import CurtainSpec
 
@@ -144,7 +145,8 @@ def evaluate_row(args: argparse.Namespace, row: Row) -> dict:
         if report.get("experiment_settings") == settings:
             print(f"{row.label}: evaluated before, reading {path}", flush=True)
             return report
-    print(f"{row.label}: evaluating {settings['checkpoint']} ({row.memory or 'its own'} memory)", flush=True)
+    how = "its training context layout" if row.generator == "teacher" else f"{row.memory or 'its own'} memory"
+    print(f"{row.label}: evaluating {settings['checkpoint']} ({how})", flush=True)
     overrides = [*settings["overrides"], f"inference.checkpoint={settings['checkpoint']}"]
     if row.memory:
         overrides.append(f"memory.policy={row.memory}")
@@ -152,9 +154,10 @@ def evaluate_row(args: argparse.Namespace, row: Row) -> dict:
     # the training data's world (ctxf.data.default_shards draws the default library)
     spec = evaluation_spec(cfg.video.latent_height * cfg.codec.pixel_patch, CurtainSpec.num_shapes, args.gaps,
                            args.score_frames)
-    report = evaluate(StreamingContinuation.from_config(cfg), spec, args.seed, args.clips, args.gaps,
+    report = evaluate(continuation_from_config(cfg, row.generator), spec, args.seed, args.clips, args.gaps,
                       args.score_frames)
-    report.update(checkpoint=settings["checkpoint"], memory_policy=cfg.memory.policy, experiment_settings=settings)
+    report.update(checkpoint=settings["checkpoint"], experiment_settings=settings,
+                  memory_policy=cfg.memory.policy if row.generator == "streaming" else None)
     write_report(report, out, label=row.label)
     return report
 

@@ -106,26 +106,35 @@ class ContextTeacher(TrainingMethod):
         frames = batch.latents.shape[2]
         layout = layout_at(frames - stage.num_target_frames, stage)
         clean, text = self._inputs(batch, layout)
-        clean, text = clean[:1], text[:1]
-        num_context, total = layout.num_context, float(cfg.diffusion.num_train_timesteps)
+        context, text = clean[:1, :, :layout.num_context], text[:1]
         generator = torch.Generator().manual_seed(cfg.train.seed)
-        x = torch.randn(clean[:, :, num_context:].shape, generator=generator).to(clean)
-        levels = [float(shift_sigma(1 - i / stage.sample_steps, cfg.diffusion.shift)) for i in range(stage.sample_steps)]
-        dtype = self.runtime.compute_dtype
+        noise = torch.randn(clean[:1, :, layout.num_context:].shape, generator=generator).to(clean)
         self.engine.eval()
         try:
-            for index, sigma in enumerate(levels):
-                following = levels[index + 1] if index + 1 < len(levels) else 0.0
-                frame_t = torch.cat([torch.zeros(1, num_context), torch.full((1, x.shape[2]), sigma * total)], 1)
-                velocity = self.engine(torch.cat([clean[:, :, :num_context], x], 2).to(dtype),
-                                       frame_t.to(x.device), text)[:, :, num_context:].float()
-                x = x + (following - sigma) * velocity
+            target = denoise_window(self.engine, context.to(self.runtime.compute_dtype), noise, text,
+                                    stage.sample_steps, cfg.diffusion.shift, float(cfg.diffusion.num_train_timesteps))
         finally:
             self.engine.train()
-        return torch.cat([clean[:, :, :num_context], x], dim=2).cpu()
+        return torch.cat([context, target], dim=2).cpu()
 
     def state_dict(self) -> dict:
         return {"error_buffers": self.errors.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.errors.load_state_dict(state["error_buffers"])
+
+
+@torch.no_grad()
+def denoise_window(model, context: torch.Tensor, noise: torch.Tensor, text: torch.Tensor, steps: int, shift: float,
+                   total: float) -> torch.Tensor:
+    """The teacher's sampler, as stage 0 trains it: a window `[B, C, W, H, W']` denoised from `noise` in
+    `steps` Euler steps of the flow (sigma 1 -> 0, shifted), each one bidirectional forward over
+    [clean `context` (t = 0) | window (t = sigma * total)]. Returns the window's x0 `[B, C, W, H, W']` (fp32)."""
+    num_context, x = context.shape[2], noise.float()
+    levels = [float(shift_sigma(1 - i / steps, shift)) for i in range(steps)] + [0.0]
+    for sigma, following in zip(levels[:-1], levels[1:]):
+        frame_t = torch.cat([torch.zeros(x.shape[0], num_context),
+                             torch.full((x.shape[0], x.shape[2]), sigma * total)], 1).to(x.device)
+        velocity = model(torch.cat([context, x.to(context.dtype)], 2), frame_t, text)[:, :, num_context:].float()
+        x = x + (following - sigma) * velocity
+    return x
