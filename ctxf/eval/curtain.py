@@ -12,7 +12,10 @@ data) and each gap G of the grid (seconds; one latent frame = 0.25 s):
    lists them per clip);
 3. each read frame scores identity recall (a strict reader of the sprite against the known
    library: an abstention is wrong) and background PSNR (pixels away from the true sprite box
-   against the true background).
+   against the true background). A diagnostic beside it, never used for the effective context:
+   colour recall, the colour `classify_identity` names (a lenient reader: the most common palette
+   colour among saturated pixels, ghosts and blurs included) against the true colour; its own
+   swapped-context control says how much of it a blind guess gets.
 Why the curtain is given rather than generated: the progress bar reveals when the curtain opens
 only frame by frame (one pixel per G/16 frames), so a model generating the gap from its first
 frame would be scored on guessing G, not on remembering what the curtain hides.
@@ -40,7 +43,8 @@ from tqdm import tqdm
 
 from ctxf.eval.continuation import VideoContinuation
 from ctxf.eval.sprite_reader import read_sprite
-from data_pipeline.curtain import LATENT_FRAME_SECONDS, CurtainSpec, CurtainTruth, make_clip, render_background
+from data_pipeline.curtain import (LATENT_FRAME_SECONDS, CurtainSpec, CurtainTruth, classify_identity, make_clip,
+                                   render_background)
 
 DEFAULT_GAPS_SECONDS = (0, 1, 2, 4, 8, 12, 16, 24, 32)
 PSNR_IDENTICAL_DB = 100.0  # what an exact background scores (finite, so the JSON stays standard)
@@ -95,8 +99,10 @@ class CaseScore:
     index: int
     identity: int
     read: list  # identity read per scored frame (None: abstained)
+    colours: list  # colour index the lenient reader names per scored frame (None: nothing saturated)
     scored_frames: list  # absolute frame indices of the clip that were read
     recall: float
+    colour_recall: float
     background_psnr: float
     context_from: int  # clip index whose pre-curtain frames the model saw (itself, or the control's partner)
 
@@ -105,15 +111,19 @@ def score_case(case: CurtainCase, generated: np.ndarray, spec: CurtainSpec, cont
     if generated.shape != case.continuation.shape:
         raise ValueError(f"the model returned frames of shape {generated.shape}, expected {case.continuation.shape}")
     truth = case.truth
-    reads, psnrs, absolute = [], [], []
+    reads, colours, psnrs, absolute = [], [], [], []
     for offset in range(case.continuation.shape[0]):
         frame_index = case.first_frame + offset
         reads.append(read_sprite(generated[offset], spec))
+        lenient = classify_identity(generated[offset], spec.num_shapes)
+        colours.append(None if lenient is None else lenient.colour_index)
         psnrs.append(background_psnr(generated[offset], truth, frame_index, spec))
         absolute.append(frame_index)
     correct = [read == truth.identity for read in reads]
-    return CaseScore(index=truth.index, identity=truth.identity, read=reads, scored_frames=absolute,
-                     recall=float(np.mean(correct)), background_psnr=float(np.mean(psnrs)),
+    return CaseScore(index=truth.index, identity=truth.identity, read=reads, colours=colours, scored_frames=absolute,
+                     recall=float(np.mean(correct)),
+                     colour_recall=float(np.mean([colour == truth.colour_index for colour in colours])),
+                     background_psnr=float(np.mean(psnrs)),
                      context_from=context_from)
 
 
@@ -130,6 +140,8 @@ class GapResult:
     recall: float
     background_psnr: float
     control_recall: float | None
+    colour_recall: float = 0.0
+    control_colour_recall: float | None = None
     clips: list = field(default_factory=list)
     control_clips: list = field(default_factory=list)
 
@@ -197,6 +209,8 @@ def evaluate(model: VideoContinuation, spec: CurtainSpec, seed: int, num_clips: 
                 gap_seconds=float(seconds), gap_frames=gap, recall=float(np.mean([s.recall for s in scores])),
                 background_psnr=float(np.mean([s.background_psnr for s in scores])),
                 control_recall=float(np.mean([s.recall for s in control_scores])) if control else None,
+                colour_recall=float(np.mean([s.colour_recall for s in scores])),
+                control_colour_recall=float(np.mean([s.colour_recall for s in control_scores])) if control else None,
                 clips=[asdict(s) for s in scores], control_clips=[asdict(s) for s in control_scores]))
     backgrounds = [make_clip(spec, seed, "heldout", i).truth.background for i in range(num_clips)]
     uniform = 1.0 / spec.num_identities
@@ -228,12 +242,13 @@ def recall_figure(size: tuple[float, float]):
     return plt.subplots(figsize=size)
 
 
-def save_recall_figure(fig, ax, path: Path, legend_size: int) -> None:
+def save_recall_figure(fig, ax, path: Path, legend_size: int,
+                       ylabel: str = "identity recall after reopening") -> None:
     """Label the recall-vs-gap axes, write the PNG and free the figure."""
     import matplotlib.pyplot as plt
 
     ax.set_xlabel("gap (s)")
-    ax.set_ylabel("identity recall after reopening")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=legend_size)
     fig.tight_layout()
@@ -323,10 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     report["generator"] = args.generator
     json_path, png_path = write_report(report, Path(args.out), label=report["memory_policy"] or "stage-0 teacher")
     chance = report["chance"]
-    print(f"{'gap s':>6} {'recall':>7} {'control':>8} {'bg PSNR':>8}")
+    print(f"{'gap s':>6} {'recall':>7} {'control':>8} {'bg PSNR':>8} {'colour':>7} {'control':>8}")
     for gap in report["gaps"]:
-        control = "-" if gap["control_recall"] is None else f"{gap['control_recall']:.3f}"
-        print(f"{gap['gap_seconds']:>6g} {gap['recall']:>7.3f} {control:>8} {gap['background_psnr']:>8.2f}")
+        control, colour_control = ("-" if gap[key] is None else f"{gap[key]:.3f}"
+                                   for key in ("control_recall", "control_colour_recall"))
+        print(f"{gap['gap_seconds']:>6g} {gap['recall']:>7.3f} {control:>8} {gap['background_psnr']:>8.2f} "
+              f"{gap['colour_recall']:>7.3f} {colour_control:>8}")
     print(f"chance: {chance['level']:.3f} ({chance['used']}); 1/identities {chance['uniform']:.3f}, blind guess "
           f"knowing the held-out rule {chance['heldout_rule']:.3f}; ceiling {report['ceiling']:.3f}; "
           f"midpoint {report['midpoint']:.3f}")

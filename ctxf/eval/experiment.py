@@ -27,7 +27,8 @@ Infinity-RoPE inference (memory.policy=infinity_rope, no training), (b), (b'), (
 <root>/eval/<row>/curtain_eval.json exists for the same settings is not evaluated again.
 
 Writes <root>/experiment.json (every row, its training seconds and the per-clip reports' paths)
-and <root>/experiment.png (recall vs gap, every row, controls dashed), and prints a markdown table.
+and <root>/experiment.png (recall vs gap, every row, controls dashed; experiment_colour.png the same for the
+lenient colour recall), and prints the markdown tables.
 `--set key=value` applies to every stage; `--set STAGE:key=value` to one of teacher, ode_pairs,
 ode_init, self_forcing, longlive, longlive_slowfast, context_dmd.
 """
@@ -42,6 +43,7 @@ from pathlib import Path
 
 from ctxf.chain import finished, run_steps, stage_overrides, training_launch
 from ctxf.eval.curtain import DEFAULT_GAPS_SECONDS, parse_gaps, recall_figure, save_recall_figure
+from data_pipeline.curtain import SPRITE_COLOURS
 
 STUDENT_PRESETS = {"self_forcing": "_self_forcing", "longlive": "_longlive",
                    "longlive_slowfast": "_longlive_slowfast", "context_dmd": "_context_dmd"}
@@ -172,8 +174,8 @@ def row_summary(row: Row, report: dict, timings: dict) -> dict:
             "effective_context_seconds": report["effective_context_seconds"], "ceiling": report["ceiling"],
             "chance": report["chance"], "midpoint": report["midpoint"],
             "background_psnr": sum(g["background_psnr"] for g in gaps) / len(gaps),
-            "gaps": [{key: g[key] for key in ("gap_seconds", "recall", "control_recall", "background_psnr")}
-                     for g in gaps],
+            "gaps": [{key: g[key] for key in ("gap_seconds", "recall", "control_recall", "background_psnr",
+                                              "colour_recall", "control_colour_recall")} for g in gaps],
             "report": str(Path(report["checkpoint"]).parent / "eval" / row.key / "curtain_eval.json")}
 
 
@@ -193,16 +195,31 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_rows(rows: list[dict], path: Path) -> None:
+def colour_table(rows: list[dict]) -> str:
+    """The lenient diagnostic: colour recall per gap, each with its swapped-context control."""
+    gaps = [g["gap_seconds"] for g in rows[0]["gaps"]]
+    head = ["row", *[f"colour @ {s:g} s (control)" for s in gaps]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"{g['colour_recall']:.2f} ({g['control_colour_recall']:.2f})" for g in row["gaps"]]
+        lines.append("| " + " | ".join([row["label"], *cells]) + " |")
+    return "\n".join(lines)
+
+
+def plot_rows(rows: list[dict], path: Path, key: str = "recall") -> None:
+    """Identity recall (or `key` = colour_recall) vs gap for every row, each with its control dashed."""
     fig, ax = recall_figure((7, 4.5))
     for index, row in enumerate(rows):
         colour = f"C{index}"
         seconds = [g["gap_seconds"] for g in row["gaps"]]
-        ax.plot(seconds, [g["recall"] for g in row["gaps"]], "o-", color=colour, label=row["label"])
-        ax.plot(seconds, [g["control_recall"] for g in row["gaps"]], "x--", color=colour, alpha=0.5, lw=0.8)
-    ax.axhline(rows[0]["chance"]["uniform"], color="black", lw=0.8, ls=":", label="1 / identities")
+        ax.plot(seconds, [g[key] for g in row["gaps"]], "o-", color=colour, label=row["label"])
+        ax.plot(seconds, [g[f"control_{key}"] for g in row["gaps"]], "x--", color=colour, alpha=0.5, lw=0.8)
+    identity = key == "recall"
+    chance = rows[0]["chance"]["uniform"] if identity else 1 / len(SPRITE_COLOURS)
+    ax.axhline(chance, color="black", lw=0.8, ls=":", label="1 / identities" if identity else "1 / colours")
     ax.plot([], [], "x--", color="grey", label="swapped-context control (dashed, per row)")
-    save_recall_figure(fig, ax, path, legend_size=7)
+    save_recall_figure(fig, ax, path, legend_size=7, ylabel="identity recall after reopening" if identity else
+                       "colour recall after reopening (lenient reader)")
 
 
 def record_time(root: Path):
@@ -275,13 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     result = {"settings": vars(args), "training_seconds": timings, "rows": rows}
     (root / "experiment.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_rows(rows, root / "experiment.png")
+    plot_rows(rows, root / "experiment_colour.png", key="colour_recall")
     chance = rows[0]["chance"]
     print("\n" + markdown_table(rows) + "\n")
+    print("colour recall, the lenient diagnostic (its swapped-context control in brackets):\n")
+    print(colour_table(rows) + "\n")
     print(f"chance: 1/identities {chance['uniform']:.3f}, blind guess knowing the held-out rule "
           f"{chance['heldout_rule']:.3f}; each row's midpoint uses its own control's recall")
     print(f"shared cost: ODE pairs {timings.get('ode_pairs', 0):.0f} s, ODE init {timings.get('ode_init', 0):.0f} s "
           f"(training s counts runs made by this command; '-' when trained elsewhere)")
-    print(f"wrote {root / 'experiment.json'} and {root / 'experiment.png'}")
+    print(f"wrote {root / 'experiment.json'}, {root / 'experiment.png'} and {root / 'experiment_colour.png'}")
     return 0
 
 

@@ -97,7 +97,7 @@ def test_true_continuations_score_the_ceiling_at_every_gap():
     report = run(model)
     assert model.calls == 2 * NUM_CLIPS * len(GAPS), "every clip at every gap, and its control"
     for gap in report["gaps"]:
-        assert gap["recall"] == 1.0, gap["gap_seconds"]
+        assert gap["recall"] == 1.0 and gap["colour_recall"] == 1.0, gap["gap_seconds"]
         assert gap["background_psnr"] == PSNR_IDENTICAL_DB
         for clip in gap["clips"]:
             first_open = clip["scored_frames"][0]
@@ -117,6 +117,8 @@ def test_swapped_context_control_scores_chance():
         same = np.mean([ids[p] == ids[i] for i, p in enumerate(partners)])
         assert gap["control_recall"] == pytest.approx(same)
         assert gap["control_recall"] <= 0.25, "a perfect memory of the wrong clip is right only by coincidence"
+        same_colour = np.mean([ids[p] // SPEC.num_shapes == ids[i] // SPEC.num_shapes for i, p in enumerate(partners)])
+        assert gap["control_colour_recall"] == pytest.approx(same_colour)
     assert report["chance"]["level"] == pytest.approx(np.mean([g["control_recall"] for g in report["gaps"]]))
     assert report["chance"]["uniform"] == pytest.approx(1 / 24)
 
@@ -134,8 +136,11 @@ def test_memory_shorter_than_the_gap_scores_chance():
 
 def test_wrong_identity_is_scored_wrong_not_abstained():
     report = run(WrongIdentity(), control=False, chance="uniform")
+    # the next identity of the library keeps the colour unless the shape wraps (identity = colour * shapes + shape)
+    same_colour = np.mean([(i + 1) // SPEC.num_shapes == i // SPEC.num_shapes for i in identities()])
     for gap in report["gaps"]:
         assert gap["recall"] == 0.0
+        assert gap["colour_recall"] == pytest.approx(same_colour), "the lenient colour reader sees the colour only"
         for clip in gap["clips"]:
             assert clip["read"] == [(clip["identity"] + 1) % SPEC.num_identities] * SCORE_FRAMES
 
