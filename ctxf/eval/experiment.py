@@ -130,8 +130,8 @@ def training_steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def eval_settings(args: argparse.Namespace, row: Row) -> dict:
     root = Path(args.root).resolve()
-    return {"report_format": REPORT_FORMAT, "checkpoint": str(root / row.run), "memory": row.memory, "generator": row.generator, "clips": args.clips,
-            "gaps": list(args.gaps),
+    return {"report_format": REPORT_FORMAT, "checkpoint": str(root / row.run), "memory": row.memory,
+            "generator": row.generator, "clips": args.clips, "gaps": list(args.gaps),
             "score_frames": args.score_frames, "seed": args.seed,
             "overrides": [*MODEL, *stage_overrides(args.set, row.run, STAGES)]}
 
