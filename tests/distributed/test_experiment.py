@@ -25,9 +25,17 @@ def _experiment(root: Path) -> subprocess.CompletedProcess:
                           cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-def _table_rows(stdout: str) -> list[list[str]]:
-    lines = [line for line in stdout.splitlines() if line.startswith("| ")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+def _tables(stdout: str) -> list[list[list[str]]]:
+    """Every markdown table printed, as rows of cells."""
+    tables, current = [], []
+    for line in stdout.splitlines() + [""]:
+        if line.startswith("|---"):
+            continue  # the separator under a header
+        if line.startswith("| "):
+            current.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif current:
+            tables, current = tables + [current], []
+    return tables
 
 
 def test_experiment_scores_every_row_and_a_rerun_skips_what_is_complete(tmp_path):
@@ -56,10 +64,17 @@ def test_experiment_scores_every_row_and_a_rerun_skips_what_is_complete(tmp_path
         assert json.loads((root / stage / "run_status.json").read_text())["step"] == 1, stage
         assert f"init_checkpoint: {root / 'ode_init'}" in (root / stage / "config.yaml").read_text()
     assert (root / "experiment.png").stat().st_size > 0
-    table = _table_rows(run.stdout)
+    tables = _tables(run.stdout)
+    assert len(tables) == 2, tables
+    table, colours = tables
     assert table[0][:2] == ["row", "effective context (s)"] and len(table) == 1 + len(ROWS)
     assert "\n|---|---|" in run.stdout  # the markdown separator under the header
     assert [line[0] for line in table[1:]] == [row["label"] for row in result["rows"]]
+    # the colour diagnostic: one "recall (control)" cell per gap, as in the JSON
+    assert colours[0] == ["row", "colour @ 0 s (control)", "colour @ 1 s (control)"]
+    first = result["rows"][0]["gaps"][0]
+    assert colours[1][1] == f"{first['colour_recall']:.2f} ({first['control_colour_recall']:.2f})"
+    assert (root / "experiment_colour.png").stat().st_size > 0
 
     reports = {key: Path(row["report"]).stat().st_mtime_ns for key, row in rows.items()}
     again = _experiment(root)
@@ -67,4 +82,4 @@ def test_experiment_scores_every_row_and_a_rerun_skips_what_is_complete(tmp_path
     assert "to train nothing" in again.stdout and "[1/" not in again.stdout
     assert {key: Path(row["report"]).stat().st_mtime_ns for key, row in rows.items()} == reports
     assert json.loads((root / "experiment.json").read_text())["training_seconds"] == result["training_seconds"]
-    assert _table_rows(again.stdout) == table
+    assert _tables(again.stdout) == [table, colours]
