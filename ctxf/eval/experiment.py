@@ -1,17 +1,14 @@
-"""The memory experiment in one command (about 2 hours on 2 cores at the defaults): does a long-context
+"""The memory experiment in one command (about 45 minutes on 2 cores at the defaults): does a long-context
 teacher give a long-memory student?
 
     python -m ctxf.eval.experiment                       # the full experiment (make experiment)
     python -m ctxf.eval.experiment --root /tmp/x --teacher-steps 2 --init-steps 1 --student-steps 1 \\
-        --pairs 2 --clips 2 --gaps 0,1 --score-frames 2 --nproc 1      # a smoke run in about a minute
+        --pairs 2 --clips 2 --gaps 0,1 --score-frames 2 --nproc 1      # a smoke run in a few minutes
 
-Sizing: the tiny presets (16 tokens per latent frame, 16x16 frames) on 2 CPU ranks. Expected
-time at the defaults: about 2 hours on 2 cores, estimated from step rates measured by a short
-run of this command on a shared 2-core machine (teacher 7 steps/s, ODE init 9.6 steps/s,
-students 1.6-2.0 steps/s early in their rollout curriculum, slower as rollouts grow; one
-held-out continuation through a 32 s gap well under a second): teacher 8000 steps ~20 min,
-ODE pairs + init ~5 min, four students x 1200 steps ~70-80 min, six evaluations ~10 min.
-Not yet measured end to end.
+Sizing: the tiny presets' world (16 tokens per latent frame, 16x16 frames) with the larger model of
+MODEL below, on 2 CPU ranks. Measured end to end at the defaults on a 2-core machine (shared with a
+test run for part of it): teacher 8000 steps 27 min, ODE pairs 40 s, ODE init 90 s, students 300
+steps each 2.5-3.5 min, six evaluations 4 min; 46 min in all.
 
 Stages, each a run directory under --root, started from the previous one by name (as
 `python -m ctxf.chain` does; complete runs are skipped, interrupted ones resume):
@@ -54,7 +51,7 @@ STAGES = ("teacher", "ode_pairs", "ode_init", *STUDENT_PRESETS)
 # (~0.2M parameters) came within 1.2x of that copy in the same 1500 steps.
 MODEL = ("model.num_heads=4", "model.head_dim=16", "model.num_layers=3", "model.ffn_dim=256")
 # Stage 0 without error recycling: the curtain test gives the teacher clean context, and at this budget the
-# recycled errors cost more than they buy (flow loss after 2000 steps 0.13 without, 0.19 with, measured).
+# recycled errors slow it down (flow loss 0.13 after 2000 steps without; 0.19-0.24 over steps 1000-1500 with).
 TEACHER = ("teacher.error_recycling_prob=0", "teacher.noise_error_prob=0")
 TIMINGS = "experiment_timings.json"
 REPORT_FORMAT = 2  # raise when curtain_eval.json gains or changes fields: older reports are then scored again
