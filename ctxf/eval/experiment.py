@@ -6,9 +6,9 @@ teacher give a long-memory student?
         --pairs 2 --clips 2 --gaps 0,1 --score-frames 2 --nproc 1      # a smoke run in a few minutes
 
 Sizing: the tiny presets' world (16 tokens per latent frame, 16x16 frames) with the larger model of
-MODEL below, on 2 CPU ranks. Measured end to end at the defaults on a 2-core machine (shared with a
-test run for part of it): teacher 8000 steps 27 min, ODE pairs 40 s, ODE init 90 s, students 300
-steps each 2.5-3.5 min, six evaluations 4 min; 46 min in all.
+MODEL below, on 2 CPU ranks. Measured end to end at the defaults from a fresh clone on a 2-core
+machine: teacher 8000 steps 23 min, ODE pairs 42 s, ODE init 92 s, students 300 steps each
+2.5-3.5 min, six evaluations 4 min; 43 min in all, set-up included.
 
 Stages, each a run directory under --root, started from the previous one by name (as
 `python -m ctxf.chain` does; complete runs are skipped, interrupted ones resume):
