@@ -42,12 +42,6 @@ class StreamingContinuation:
                              f"codec.kind={cfg.codec.kind!r} does not fit it (use codec.kind=pixel)")
         self.cfg, self.model, self.encoder = cfg, model, encoder
 
-    @classmethod
-    def from_config(cls, cfg: Config) -> "StreamingContinuation":
-        """The model `cfg.inference.checkpoint` (+ `checkpoint_role`) names, loaded as `ctxf-generate` loads it."""
-        parts = build_parts(cfg)
-        return cls(cfg, parts.model, parts.encoder)
-
     @torch.no_grad()
     def continue_video(self, prefix: np.ndarray, num_frames: int, prompt: str) -> np.ndarray:
         cfg = self.cfg
@@ -71,11 +65,6 @@ class TeacherContinuation:
     def __init__(self, cfg: Config, model: torch.nn.Module, encoder: ClipEncoder):
         self.cfg, self.model, self.encoder = cfg, model.eval(), encoder
 
-    @classmethod
-    def from_config(cls, cfg: Config) -> "TeacherContinuation":
-        parts = build_parts(cfg)
-        return cls(cfg, parts.model, parts.encoder)
-
     @torch.no_grad()
     def continue_video(self, prefix: np.ndarray, num_frames: int, prompt: str) -> np.ndarray:
         cfg, stage = self.cfg, self.cfg.teacher
@@ -98,8 +87,10 @@ class TeacherContinuation:
 
 
 def continuation_from_config(cfg: Config, generator: str) -> VideoContinuation:
-    """`streaming` (a causal student, `StreamingContinuation`) or `teacher` (`TeacherContinuation`)."""
+    """`streaming` (a causal student, `StreamingContinuation`) or `teacher` (`TeacherContinuation`) of the
+    model `cfg.inference.checkpoint` (+ `checkpoint_role`) names, loaded as `ctxf-generate` loads it."""
     kinds = {"streaming": StreamingContinuation, "teacher": TeacherContinuation}
     if generator not in kinds:
         raise ValueError(f"generator {generator!r}: choose streaming or teacher")
-    return kinds[generator].from_config(cfg)
+    parts = build_parts(cfg)
+    return kinds[generator](cfg, parts.model, parts.encoder)

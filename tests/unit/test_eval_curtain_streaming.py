@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from ctxf.config import load_config
 from ctxf.eval import curtain
-from ctxf.eval.continuation import StreamingContinuation
+from ctxf.eval.continuation import continuation_from_config
 from ctxf.inference.cli import main as generate_main
 from ctxf.models.codec import video_to_uint8
 from data_pipeline.clip_encoding import ClipEncoder
@@ -22,7 +22,7 @@ def test_continuation_is_what_ctxf_generate_streams(tmp_path):
     case = curtain.make_case(SPEC, seed=1, index=0, gap_frames=4, score_frames=4)
     num_frames = case.continuation.shape[0]
     cfg = load_config("tiny", ["inference.seed=3", "memory.policy=slow_fast"])
-    ours = StreamingContinuation.from_config(cfg).continue_video(case.prefix, num_frames, FIXED_CAPTION)
+    ours = continuation_from_config(cfg, "streaming").continue_video(case.prefix, num_frames, FIXED_CAPTION)
     assert ours.shape == case.continuation.shape and ours.dtype == np.uint8
 
     prefix_file = tmp_path / "prefix.safetensors"
