@@ -177,31 +177,32 @@ def row_summary(row: Row, report: dict, timings: dict) -> dict:
             "report": str(Path(report["checkpoint"]).parent / "eval" / row.key / "curtain_eval.json")}
 
 
+def markdown(head: list[str], body: list[list[str]]) -> str:
+    """A markdown table: header, separator, one line per row of cells."""
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *["| " + " | ".join(cells) + " |" for cells in body]])
+
+
 def markdown_table(rows: list[dict]) -> str:
     gaps = [g["gap_seconds"] for g in rows[0]["gaps"]]
     head = ["row", "effective context (s)", *[f"recall @ {s:g} s" for s in gaps], "control recall",
             "background PSNR (dB)", "training s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for row in rows:
         effective = row["effective_context_seconds"]
         control = [g["control_recall"] for g in row["gaps"]]
         seconds = row["training_seconds"]
-        cells = [row["label"], "undefined" if effective is None else f"{effective:g}",
-                 *[f"{g['recall']:.3f}" for g in row["gaps"]], f"{sum(control) / len(control):.3f}",
-                 f"{row['background_psnr']:.2f}", "-" if seconds is None else f"{seconds:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append([row["label"], "undefined" if effective is None else f"{effective:g}",
+                     *[f"{g['recall']:.3f}" for g in row["gaps"]], f"{sum(control) / len(control):.3f}",
+                     f"{row['background_psnr']:.2f}", "-" if seconds is None else f"{seconds:.0f}"])
+    return markdown(head, body)
 
 
 def colour_table(rows: list[dict]) -> str:
     """The lenient diagnostic: colour recall per gap, each with its swapped-context control."""
-    gaps = [g["gap_seconds"] for g in rows[0]["gaps"]]
-    head = ["row", *[f"colour @ {s:g} s (control)" for s in gaps]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [f"{g['colour_recall']:.2f} ({g['control_colour_recall']:.2f})" for g in row["gaps"]]
-        lines.append("| " + " | ".join([row["label"], *cells]) + " |")
-    return "\n".join(lines)
+    head = ["row", *[f"colour @ {g['gap_seconds']:g} s (control)" for g in rows[0]["gaps"]]]
+    return markdown(head, [[row["label"], *[f"{g['colour_recall']:.2f} ({g['control_colour_recall']:.2f})"
+                                             for g in row["gaps"]]] for row in rows])
 
 
 def plot_rows(rows: list[dict], path: Path, key: str = "recall") -> None:
