@@ -326,7 +326,9 @@ class Config:
         if train.stage == "teacher":
             return
         _positive(self, ["distill.window_frames", "distill.generator_every", "distill.ode_solver_substeps"])
-        names = ["window_frames"]
+        names = ["window_frames", "prefix_frames"]
+        if dist.prefix_frames < 0:
+            raise ConfigError(f"distill.prefix_frames={dist.prefix_frames} must be >= 0 (0: no prefix)")
         if train.stage in ("context_dmd", "longlive"):
             names += ["min_rollout_frames", "rollout_frames_start", "rollout_frames_end"]
         for name in names:
@@ -360,7 +362,7 @@ class Config:
 
     def _validate_data(self) -> None:
         data = self.data
-        for name in ("num_workers", "shuffle_buffer", "seed", "num_frames"):
+        for name in ("num_workers", "shuffle_buffer", "seed", "num_frames", "default_max_gap"):
             if getattr(data, name) < 0:
                 raise ConfigError(f"data.{name}={getattr(data, name)} must be >= 0")
         block = self.video.num_frames_per_block

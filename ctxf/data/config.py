@@ -17,6 +17,9 @@ class DataConfig:
     cache_dir: str = field(default="", metadata={"help": "where the built-in curtain shards are generated "
                                                          "(empty: $XDG_CACHE_HOME/ctxf, else ~/.cache/ctxf)"})
     default_clips: int = field(default=64, metadata={"help": "clips of the built-in curtain world"})
+    default_max_gap: int = field(default=0, metadata={"help": "longest curtain gap of the built-in world, in latent "
+                                                               "frames; clips are then as long as its longest "
+                                                               "timeline (0: the world's default, 120 frames)"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     shuffle_buffer: int = field(default=64, metadata={"help": "samples held for shuffling (0: no shuffle)"})
     seed: int = field(default=0, metadata={"help": "shuffle seed; with the epoch it fixes the order"})

@@ -34,8 +34,25 @@ def default_shards_dir(cfg: Config) -> Path:
     recipe = {"codec": cfg.codec.kind, "pixel_patch": cfg.codec.pixel_patch, "latent": cfg.video.latent_height,
               "text": [cfg.text.kind, cfg.text.max_length, cfg.text.seed, cfg.model.text_dim],
               "clips": cfg.data.default_clips, "seed": cfg.data.seed, "version": 1}
+    if cfg.data.default_max_gap:
+        recipe["max_gap"] = cfg.data.default_max_gap
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root(cfg) / f"curtain-{digest}"
+
+
+def curtain_spec(cfg: Config):
+    """The built-in world for this config: the world's defaults, or gaps up to data.default_max_gap in clips
+    just long enough for the longest timeline (so more of every clip is around its curtain)."""
+    from data_pipeline.curtain import CurtainSpec
+
+    frame_size = cfg.video.latent_height * cfg.codec.pixel_patch
+    if not cfg.data.default_max_gap:
+        return CurtainSpec(frame_size=frame_size)
+    defaults = CurtainSpec()
+    gap_range = (1, cfg.data.default_max_gap)
+    return CurtainSpec(frame_size=frame_size, gap_range=gap_range,
+                       num_frames=defaults.entry_range[1] + defaults.visible_range[1] + gap_range[1]
+                       + defaults.min_after)
 
 
 def ensure_default_shards(cfg: Config) -> Path:
@@ -57,13 +74,12 @@ def ensure_default_shards(cfg: Config) -> Path:
 
 def _generate(cfg: Config, root: Path) -> None:
     from data_pipeline.clip_encoding import ClipEncoder
-    from data_pipeline.curtain import CurtainSpec
     from data_pipeline.make_curtain import write_split
 
     print(f"generating the built-in curtain world ({cfg.data.default_clips} clips) into {root}", flush=True)
     staging = root.with_name(root.name + ".writing")
     shutil.rmtree(staging, ignore_errors=True)
-    spec = CurtainSpec(frame_size=cfg.video.latent_height * cfg.codec.pixel_patch)
+    spec = curtain_spec(cfg)
     per_shard = max(1, -(-cfg.data.default_clips // SHARDS_PER_SPLIT))
     write_split(spec, cfg.data.seed, "train", cfg.data.default_clips, staging / "train", ClipEncoder(cfg),
                 max_samples=per_shard, settings={"created_for": "ctxf built-in training data"})

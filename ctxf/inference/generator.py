@@ -92,6 +92,12 @@ class StreamingGenerator:
             view = self.model.rotate_memory(self.memory.view(chunk.shape[2]), *chunk.shape[3:])
             self._refresh(chunk, text, view)
 
+    def predict(self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """x0 `[B, C, F, H, W]` the model predicts for the next chunk's noisy latents `x` at `timestep` `[B]`
+        against the memory, with autograd as the caller has it (ODE initialisation trains through it)."""
+        view = self.model.rotate_memory(self.memory.view(x.shape[2]), *x.shape[3:])
+        return predict_x0(x, self.model(x, timestep, text, memory=view), timestep / self.total)
+
     def generate_chunk(self, text: torch.Tensor, latent_shape: tuple[int, int, int], generator: torch.Generator,
                        exit_step: int | None = None, with_grad: bool = False) -> torch.Tensor:
         """Denoise the next chunk; returns its clean latents `[B, C, num_frames_per_block, H, W]`.

@@ -67,6 +67,9 @@ class DistillConfig:
         "the student (generator) trains every Nth step, the critic every step"))
     min_timestep: float = field(default=20.0, metadata=_help("DMD timesteps are clamped to [min, max]"))
     max_timestep: float = field(default=980.0, metadata=_help("DMD timesteps are clamped to [min, max]"))
+    prefix_frames: int = field(default=0, metadata=_help(
+        "DMD stages: each rollout first takes in the training clip's first P latent frames, P drawn in whole "
+        "chunks from 0 to this (0: rollouts start from nothing, as in the paper)"))
     ode_solver_substeps: int = field(default=8, metadata=_help(
         "make_ode_pairs: Euler steps of the teacher between two consecutive denoising steps"))
 

@@ -1,10 +1,14 @@
 """Distribution-matching distillation (DMD) of the causal student: stages `local_dmd` and
 `context_dmd`, and the `self_forcing` and `longlive` baselines, which differ only in settings.
 
-One micro-batch (only the prompts of the batch are used: the student makes its own video):
+One micro-batch (the student makes its own video: the batch gives its prompts and, with
+`distill.prefix_frames`, the clip frames the rollout continues):
 1. the student rolls out chunk by chunk through its memory (rollout.py, the code path of
    ctxf-generate); the rollout length is the window (local) or drawn up to a linearly growing
-   longest (context, longlive), the same on every rank; the window is the last chunks;
+   longest (context, longlive), the same on every rank; the window is the last chunks. With
+   `distill.prefix_frames` > 0 the rollout first takes in the clip's first P frames, P drawn
+   alike on every rank in whole chunks from 0 to prefix_frames (the paper's rollouts start from
+   nothing; a prefix makes the student continue real video, as a memory test asks it to);
 2. every `distill.generator_every`th step, the generator step: the window is noised at a DMD
    timestep; the frozen teacher (with classifier-free guidance against the empty caption) and the
    critic (without) predict x0 from [clean context | noisy window] (teacher_context.py says what
@@ -92,6 +96,19 @@ class DistributionMatching(TrainingMethod):
     def stepped_roles(self, step: int) -> tuple[str, ...]:
         return (STUDENT, CRITIC) if self.generator_turn(step) else (CRITIC,)
 
+    def prefix(self, batch: Batch, step: int) -> torch.Tensor | None:
+        """The clip frames this step's rollout continues (None: it starts from nothing)."""
+        longest = self.config.distill.prefix_frames
+        if not longest:
+            return None
+        if batch.latents is None or batch.latents.shape[2] < longest:
+            have = "no latents" if batch.latents is None else f"clips of {batch.latents.shape[2]} latent frames"
+            raise ValueError(f"distill.prefix_frames={longest} needs training clips at least that long, the batch "
+                             f"has {have}; lower distill.prefix_frames or set data.num_frames >= {longest}")
+        shared = self.runtime.shared_generator(step, "prefix_frames")
+        count = int(torch.randint(longest // self.block + 1, (1,), generator=shared)) * self.block
+        return batch.latents[:, :, :count].to(self.runtime.device)
+
     def rollout_frames(self, step: int) -> int:
         """This step's rollout length, drawn alike on every rank (all run the same forwards)."""
         dist = self.config.distill
@@ -110,13 +127,15 @@ class DistributionMatching(TrainingMethod):
         num_frames = self.rollout_frames(step)
         exit_steps = draw_exit_steps(num_frames // self.block, len(self.generator.timesteps),
                                      self.runtime.shared_generator(step, f"exit_steps/{micro}"))
+        prefix = self.prefix(batch, step)
         with self.phase("rollout"):
             rollout = roll_out(self.generator, text, self.latent_shape, num_frames, dist.window_frames,
                                self.runtime.step_generator(step, micro, "rollout"), exit_steps,
-                               keep_graph=train_generator)
+                               keep_graph=train_generator, prefix=prefix)
         scored = scored_input(rollout, self.context_mode, dist.contiguous_frames)
         randomness = self.runtime.step_generator(step, micro, "dmd")
-        metrics = {"frames/rollout": float(num_frames), "frames/teacher_context": float(scored.num_context)}
+        metrics = {"frames/rollout": float(num_frames), "frames/teacher_context": float(scored.num_context),
+                   "frames/prefix": float(0 if prefix is None else prefix.shape[2])}
         if train_generator:
             loss = self.generator_loss(rollout.window, scored, text, randomness)
             self.optimize(STUDENT, loss)

@@ -5,6 +5,9 @@
   shares (`Runtime.shared_generator`), so all ranks run the same number of forwards.
 - Only the chunks of the last window (the DMD target) keep the autograd graph, and only of
   their exit step; earlier chunks, earlier steps and the memory's refresh passes run without it.
+- A rollout may continue a clip: `prefix` (clean latents of its first frames) is written into the
+  memory first (`StreamingGenerator.prefill`, as `ctxf-generate --prefix-video` does) and counts as
+  history, so the teacher's context can hold real frames as well as generated ones.
 - Just before the window's first chunk, the rollout records what the student's memory holds:
   the absolute frame indices in attention order, each frame's segment, and the RoPE positions
   of those frames and of the window (`memory.view(window)`); a context-seeing teacher is given
@@ -30,7 +33,7 @@ class MemorySnapshot:
 
 @dataclass
 class Rollout:
-    history: torch.Tensor  # [B, C, window_start, H, W] the chunks before the window (never a graph)
+    history: torch.Tensor  # [B, C, window_start, H, W] the prefix and the chunks before the window (never a graph)
     window: torch.Tensor  # [B, C, window, H, W] the DMD window's chunks (their exit steps' graph)
     exit_steps: list[int]  # per chunk, index into the few-step schedule
     memory: MemorySnapshot  # the memory right before the window
@@ -52,9 +55,10 @@ def draw_exit_steps(num_chunks: int, num_steps: int, shared: torch.Generator) ->
 
 def roll_out(generator: StreamingGenerator, text: torch.Tensor, latent_shape: tuple[int, int, int],
              num_frames: int, window_frames: int, noise: torch.Generator, exit_steps: list[int],
-             keep_graph: bool = True) -> Rollout:
-    """Generate `num_frames` latent frames from an empty memory; the last `window_frames` train
-    (when `keep_graph`; a critic-only step needs no graph at all).
+             keep_graph: bool = True, prefix: torch.Tensor | None = None) -> Rollout:
+    """Generate `num_frames` latent frames after `prefix` (`[B, C, P, H, W]` clean latents, whole
+    chunks; None: from an empty memory); the last `window_frames` train (when `keep_graph`; a
+    critic-only step needs no graph at all).
 
     Both counts are whole chunks; `exit_steps` has one entry per chunk (`draw_exit_steps`)."""
     block = generator.num_frames_per_block
@@ -64,16 +68,24 @@ def roll_out(generator: StreamingGenerator, text: torch.Tensor, latent_shape: tu
     num_chunks = num_frames // block
     if len(exit_steps) != num_chunks:
         raise ValueError(f"{len(exit_steps)} exit steps for {num_chunks} chunks")
+    if prefix is not None and prefix.shape[2] % block:
+        raise ValueError(f"a rollout prefix of {prefix.shape[2]} frames is not whole chunks of {block} frames")
     window_start = num_frames - window_frames
     generator.reset()
     chunks, snapshot = [], None
+    if prefix is not None and prefix.shape[2]:
+        param = next(generator.model.parameters())
+        prefix = prefix.to(device=param.device, dtype=param.dtype)
+        generator.prefill(prefix, text)
+        chunks.append(prefix)
+    num_prefix_chunks = len(chunks)
     for index, exit_step in enumerate(exit_steps):
         first_frame = index * block
         if first_frame == window_start:
             snapshot = _snapshot(generator, window_frames)
         chunks.append(generator.generate_chunk(text, latent_shape, noise, exit_step=exit_step,
                                                with_grad=keep_graph and first_frame >= window_start))
-    history_chunks = window_start // block
+    history_chunks = num_prefix_chunks + window_start // block
     return Rollout(history=torch.cat(chunks[:history_chunks], dim=2) if history_chunks
                    else chunks[0][:, :, :0].detach(),
                    window=torch.cat(chunks[history_chunks:], dim=2), exit_steps=list(exit_steps), memory=snapshot)

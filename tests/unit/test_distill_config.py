@@ -17,6 +17,9 @@ from ctxf.config import ConfigError, load_config
     ("tiny_local_dmd", ["distill.generator_every=0"], "distill.generator_every=0 must be positive"),
     ("tiny_ode_init", ["data.num_frames=9"], "ode_init reads whole trajectories; set data.num_frames=0"),
     ("tiny_context_dmd", ["memory.rope_length=27"], "set memory.rope_length >= 30"),
+    ("tiny_longlive", ["distill.prefix_frames=10"], "distill.prefix_frames=10 is not a whole number of chunks"),
+    ("tiny_local_dmd", ["distill.prefix_frames=-3"], "distill.prefix_frames=-3 must be >= 0"),
+    ("tiny", ["data.default_max_gap=-1"], "data.default_max_gap=-1 must be >= 0"),
 ])
 def test_bad_distill_settings(preset, overrides, message):
     with pytest.raises(ConfigError) as err:

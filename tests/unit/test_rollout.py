@@ -3,6 +3,7 @@ the last window's chunks, exit steps shared by every rank, the memory recorded b
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -79,3 +80,30 @@ def test_memory_snapshot_is_the_memory_before_the_window():
     assert rollout.memory.segments == ["sink"] * 3 + ["window"] * 6
     assert rollout.memory.key_positions.tolist() == [0, 1, 2, 6, 7, 8, 9, 10, 11]
     assert rollout.memory.window_positions.tolist() == list(range(12, 18))
+
+
+def test_rollout_continues_a_prefix_as_ctxf_generate_does():
+    cfg, model, generator, text, shape = _setup()
+    prefix = torch.randn(1, *shape[:1], 6, *shape[1:], generator=torch.Generator().manual_seed(5))
+    last = len(generator.timesteps) - 1
+    rollout = roll_out(generator, text, shape, 9, window_frames=3, noise=torch.Generator().manual_seed(8),
+                       exit_steps=[last] * 3, prefix=prefix)
+    assert rollout.window_start == 12 and rollout.latents.shape[2] == 15
+    assert torch.equal(rollout.history[:, :, :6], prefix)
+    # the inference path: the prefix prefilled, then three chunks streamed with the same noise
+    reference = StreamingGenerator(model, build_memory(cfg), cfg.diffusion, cfg.video.num_frames_per_block)
+    reference.prefill(prefix, text)
+    noise = torch.Generator().manual_seed(8)
+    streamed = torch.cat([reference.generate_chunk(text, shape, noise) for _ in range(3)], dim=2)
+    torch.testing.assert_close(rollout.latents[:, :, 6:].detach(), streamed, rtol=0, atol=1e-6)
+    # the memory before the window counts the prefix's frames (absolute indices 0..11)
+    assert rollout.memory.frame_indices[:3] == [0, 1, 2] and max(rollout.memory.frame_indices) == 11
+    torch.testing.assert_close(rollout.history[:, :, rollout.memory.frame_indices[:3]], prefix[:, :, :3])
+
+
+def test_a_prefix_of_part_of_a_chunk_is_refused():
+    cfg, model, generator, text, shape = _setup()
+    prefix = torch.zeros(1, shape[0], 4, *shape[1:])
+    with pytest.raises(ValueError, match="not whole chunks"):
+        roll_out(generator, text, shape, 3, window_frames=3, noise=torch.Generator().manual_seed(0),
+                 exit_steps=[0], prefix=prefix)

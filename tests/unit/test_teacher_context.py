@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 
 from ctxf.config import load_config
@@ -115,3 +116,32 @@ def test_rollout_curriculum_grows_linearly_in_whole_chunks():
     draws = {step: method.rollout_frames(step) for step in range(40)}
     assert all(9 <= frames <= longest_rollout(step, cfg) and frames % 3 == 0 for step, frames in draws.items())
     assert max(draws[s] for s in range(20, 40)) == 27 and len(set(draws.values())) > 3
+
+
+def test_rollout_prefix_is_whole_chunks_of_the_clip_alike_on_every_rank():
+    from ctxf.data.collate import Batch
+
+    cfg = load_config("tiny_context_dmd", ["distill.prefix_frames=12"])
+    latents = torch.randn(1, 12, 20, 8, 8)
+    batch = Batch(latents=latents, text=torch.zeros(1, 4, 32), text_lengths=torch.tensor([4]), keys=["k"],
+                  meta=[{}])
+
+    def method(rank):
+        method = DistributionMatching.__new__(DistributionMatching)
+        method.config, method.block = cfg, 3
+        method.runtime = Runtime(config=cfg, device=torch.device("cpu"), data_parallel_rank=rank, build_engine=None,
+                                 sequence_parallel=None)
+        return method
+
+    counts = []
+    for step in range(30):
+        prefixes = [method(rank).prefix(batch, step) for rank in range(3)]
+        assert all(torch.equal(p, prefixes[0]) for p in prefixes)
+        counts.append(prefixes[0].shape[2])
+        torch.testing.assert_close(prefixes[0], latents[:, :, :counts[-1]], rtol=0, atol=0)
+    assert set(counts) <= {0, 3, 6, 9, 12} and len(set(counts)) >= 4
+    short = Batch(latents=latents[:, :, :9], text=batch.text, text_lengths=batch.text_lengths, keys=["k"], meta=[{}])
+    with pytest.raises(ValueError, match="distill.prefix_frames=12"):
+        method(0).prefix(short, 0)
+    cfg.distill.prefix_frames = 0
+    assert method(0).prefix(batch, 0) is None
