@@ -11,7 +11,7 @@ from pathlib import Path
 from gloo_workers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-ROWS = {"teacher": ("teacher", None), "a": ("self_forcing", "rolling"),
+ROWS = {"teacher": ("teacher", None), "init": ("ode_init", "slow_fast"), "a": ("self_forcing", "rolling"),
         "a_infinity_rope": ("self_forcing", "infinity_rope"), "b": ("longlive", "sink_local"),
         "b_slowfast": ("longlive_slowfast", "slow_fast"), "c": ("context_dmd", "slow_fast")}
 STUDENTS = ("self_forcing", "longlive", "longlive_slowfast", "context_dmd")

@@ -16,7 +16,9 @@ def _args(root, *extra):
 
 
 def _value(command, key):
-    return [item.split("=", 1)[1] for item in command if item.startswith(f"{key}=")][-1]
+    """The value a command gives `key`, as a bare KEY=VALUE argument or as --set=KEY=VALUE."""
+    items = [item.removeprefix("--set=") for item in command]
+    return [item.split("=", 1)[1] for item in items if item.startswith(f"{key}=")][-1]
 
 
 def test_four_students_share_the_init_the_teacher_data_and_the_budget(tmp_path):
@@ -33,6 +35,13 @@ def test_four_students_share_the_init_the_teacher_data_and_the_budget(tmp_path):
         assert _value(command, "distill.teacher_checkpoint") == str(tmp_path / "teacher")
         assert _value(command, "data.cache_dir") == str(tmp_path / "data")
         assert _value(command, "train.seed") == "0"
+        # every student continues clips of up to 48 frames (ctxf.eval.experiment.STUDENT_PREFIX)
+        assert _value(command, "distill.prefix_frames") == "48"
+    # one training world for all, its gaps within the teacher's 30-frame context; the pairs continue its clips
+    assert {_value(command, "data.default_max_gap") for command in steps.values()} == {"24"}
+    pairs = steps["ode_pairs"]
+    assert pairs[pairs.index("--context-from") + 1] == "builtin"
+    assert "distill.prefix_frames" not in " ".join(steps["ode_init"] + steps["teacher"])
 
 
 def test_complete_runs_are_left_out_and_a_larger_budget_resumes(tmp_path):
