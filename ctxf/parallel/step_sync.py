@@ -20,6 +20,15 @@ def reduce_step(metrics: dict[str, float], stop_requested: bool) -> tuple[dict[s
     return dict(zip(names, values[:-1].tolist())), bool(values[-1] > 0)
 
 
+def max_over_ranks(values: list[int]) -> list[int]:
+    """Element-wise maximum of `values` over all ranks (one all-reduce; every rank passes as many)."""
+    if not dist.is_initialized() or not values:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
 def nonfinite_ranks(value: float) -> list[tuple[int, float]]:
     """(rank, value) of every rank whose `value` is NaN or infinite (a collective)."""
     local = torch.tensor([value], dtype=torch.float64)

@@ -30,6 +30,7 @@ from ctxf.memory.cache import build_memory
 from ctxf.models.flow_matching import predict_x0, sampling_timesteps
 from ctxf.models.wan import WanDiT
 from ctxf.models.weights import load_model_weights
+from ctxf.parallel.step_sync import max_over_ranks
 from ctxf.stages.base import Runtime, TrainingMethod
 from ctxf.stages.rollout import stream_sample
 
@@ -116,21 +117,31 @@ class ODEInit(TrainingMethod):
                                                  num_frames_per_block=self.block)
                 x0 = predict_x0(noisy, velocity.float(), sigma)
             else:
-                x0 = torch.cat([self._continue(clips[i:i + 1, :, :meta["context_frames"]], noisy[i:i + 1],
-                                               timestep[i:i + 1], states[i:i + 1, :, -1], text[i:i + 1])
-                                for i, meta in enumerate(batch.meta)])
+                lengths = [meta["context_frames"] for meta in batch.meta]
+                padded = max_over_ranks([-(-n // self.block) for n in lengths])
+                x0 = torch.cat([self._continue(clips[i:i + 1, :, :n], noisy[i:i + 1], timestep[i:i + 1],
+                                               states[i:i + 1, :, -1], text[i:i + 1], padded[i])
+                                for i, n in enumerate(lengths)])
             loss = torch.nn.functional.mse_loss(x0, states[:, :, -1].float())
         self.optimize(STUDENT, loss)
         return {"loss/ode": float(loss.detach())}
 
     def _continue(self, context: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, clean: torch.Tensor,
-                  text: torch.Tensor) -> torch.Tensor:
+                  text: torch.Tensor, prefill_forwards: int = 0) -> torch.Tensor:
         """x0 `[1, C, W, H, W']` the student predicts for one window after `context` `[1, C, N, H, W']`: the
         context prefilled into its memory, then per chunk a prediction against the memory (with gradient)
-        and the trajectory's `clean` chunk written in, as inference writes in the chunk it generated."""
+        and the trajectory's `clean` chunk written in, as inference writes in the chunk it generated.
+
+        ZeRO-3 gathers parameters in every forward, so every rank must run as many: a rank whose context
+        takes fewer than `prefill_forwards` chunk passes (the most any rank needs) runs the rest on
+        zeros, without gradient and without touching the memory."""
         dtype = self.runtime.compute_dtype
         self.generator.reset()
         self.generator.prefill(context.to(dtype), text)
+        idle = torch.zeros_like(noisy[:, :, :self.block], dtype=dtype)
+        for _ in range(prefill_forwards - -(-context.shape[2] // self.block)):
+            with torch.no_grad():
+                self.generator.predict(idle, timestep[:, 0], text)
         predictions = []
         for start in range(0, noisy.shape[2], self.block):
             chunk = noisy[:, :, start:start + self.block]

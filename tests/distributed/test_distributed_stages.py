@@ -98,7 +98,8 @@ def test_local_dmd_presets(preset, tmp_path):
     ("tiny_context_dmd", ("distill.teacher_context=contiguous",)),
     ("tiny_longlive", ()),
     ("tiny_longlive_slowfast", ()),
-], ids=["context-memory", "context-contiguous", "longlive", "longlive-slowfast"])
+    ("tiny_context_dmd", ("distill.prefix_frames=6",)),
+], ids=["context-memory", "context-contiguous", "longlive", "longlive-slowfast", "context-after-a-prefix"])
 def test_context_dmd_presets(preset, extra, tmp_path):
     results = run_workers(2, train_stage, _config(preset, tmp_path, *extra), timeout=180)
     _check(results, ["student", "critic"])
@@ -129,15 +130,29 @@ def test_resuming_mid_curriculum_continues_it_exactly(tmp_path):
     assert resumed["losses"] == {step: straight["losses"][step] for step in (3, 4)}
 
 
-def test_ode_init_preset(tmp_path):
+@pytest.mark.parametrize("context", [False, True], ids=["from-nothing", "continuing-clips"])
+def test_ode_init_preset(context, tmp_path):
+    """With context the two ranks' windows start at different frames (prefills of different lengths): the
+    ranks must still run the same forwards under ZeRO-3, or the step hangs."""
     from data_pipeline.make_ode_pairs import main as make_ode_pairs
 
     torch.manual_seed(11)
     teacher_dir = tmp_path / "teacher_weights"
     save_diffusers_dir(WanDiT(load_config("tiny").model), teacher_dir)
+    clips = ["--context-from", "builtin", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+             "--set", "data.default_clips=8"] if context else []
     assert make_ode_pairs(["--config", "tiny_ode_init", "--set", f"distill.teacher_checkpoint={teacher_dir}",
                            "--set", "distill.ode_solver_substeps=1", "--out", str(tmp_path / "pairs"),
-                           "--num-samples", "4", "--samples-per-shard", "2"]) == 0
+                           "--num-samples", "4", "--samples-per-shard", "2", "--seed", "1", *clips]) == 0
+    if context:
+        from ctxf.data.loader import ShardLoader
+
+        loader = ShardLoader(str(tmp_path / "pairs" / "manifest.json"), batch_size=1, max_length=16, rank=0,
+                             world_size=2, shuffle_buffer=0)
+        other = ShardLoader(str(tmp_path / "pairs" / "manifest.json"), batch_size=1, max_length=16, rank=1,
+                            world_size=2, shuffle_buffer=0)
+        firsts = [next(iter(reader)).meta[0]["context_frames"] for reader in (loader, other)]
+        assert firsts[0] != firsts[1], firsts  # the two ranks' first steps prefill different lengths
     config = _config("tiny_ode_init", tmp_path, f"data.shards={tmp_path / 'pairs' / 'manifest.json'}",
                      "distill.ode_solver_substeps=1")
     results = run_workers(2, train_stage, config, timeout=180)
