@@ -3,7 +3,9 @@ trainer: losses finite, the trained roles' parameters changed, the frozen teache
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from ctxf.config import load_config
 from ctxf.models.wan import WanDiT
 from ctxf.parallel.plan import plan
 from ctxf.preflight import preflight
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(preset: str, tmp_path, *extra: str):
@@ -153,8 +157,12 @@ def test_ode_init_preset(context, tmp_path):
                             world_size=2, shuffle_buffer=0)
         firsts = [next(iter(reader)).meta[0]["context_frames"] for reader in (loader, other)]
         assert firsts[0] != firsts[1], firsts  # the two ranks' first steps prefill different lengths
+    # every parameter partitioned (none kept whole below a size threshold), so each forward gathers
+    ds_config = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
+    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3_partition_all.json").write_text(json.dumps(ds_config))
     config = _config("tiny_ode_init", tmp_path, f"data.shards={tmp_path / 'pairs' / 'manifest.json'}",
-                     "distill.ode_solver_substeps=1")
+                     "distill.ode_solver_substeps=1", f"parallel.ds_config={tmp_path / 'zero3_partition_all.json'}")
     results = run_workers(2, train_stage, config, timeout=180)
     _check(results, ["student"])
     # the student started from the teacher's weights (train.init_checkpoint empty: the teacher's)
