@@ -146,17 +146,19 @@ class GapResult:
     control_clips: list = field(default_factory=list)
 
 
-def effective_context(gaps: list[GapResult], chance: float) -> tuple[float | None, float]:
+def effective_context(gaps: list[GapResult], chance: float, key: str = "recall") -> tuple[float | None, float]:
     """(largest gap in seconds up to which recall stays >= the midpoint, the midpoint); the ceiling is the
     recall at the smallest gap of the grid (G = 0 when the grid has it). None when the ceiling is not above
-    chance (nothing is remembered even without a gap, so no length can be measured)."""
+    chance (nothing is remembered even without a gap, so no length can be measured). `key`: which recall
+    (`recall`, identity; `colour_recall`, the diagnostic)."""
     ordered = sorted(gaps, key=lambda g: g.gap_frames)
-    midpoint = (chance + ordered[0].recall) / 2
+    ceiling = getattr(ordered[0], key)
+    midpoint = (chance + ceiling) / 2
     effective = None
-    if ordered[0].recall <= chance:
+    if ceiling <= chance:
         return None, midpoint
     for gap in ordered:
-        if gap.recall < midpoint:
+        if getattr(gap, key) < midpoint:
             break
         effective = gap.gap_seconds
     return effective, midpoint
@@ -216,12 +218,17 @@ def evaluate(model: VideoContinuation, spec: CurtainSpec, seed: int, num_clips: 
     uniform = 1.0 / spec.num_identities
     chance_level = float(np.mean([r.control_recall for r in results])) if chance == "control" else uniform
     effective, midpoint = effective_context(results, chance_level)
+    colour = None
+    if control:  # the lenient reader's own chance: its swapped-context control
+        colour_chance = float(np.mean([r.control_colour_recall for r in results]))
+        colour_effective, colour_midpoint = effective_context(results, colour_chance, "colour_recall")
+        colour = {"chance": colour_chance, "midpoint": colour_midpoint, "effective_context_seconds": colour_effective}
     return {"world": asdict(spec), "seed": seed, "num_clips": num_clips, "score_frames": score_frames,
             "chance": {"used": chance, "level": chance_level, "uniform": uniform,
                        "heldout_rule": heldout_rule_chance(spec, backgrounds),
                        "control_mean": float(np.mean([r.control_recall for r in results])) if control else None},
             "ceiling": sorted(results, key=lambda r: r.gap_frames)[0].recall, "midpoint": midpoint,
-            "effective_context_seconds": effective, "gaps": [asdict(r) for r in results]}
+            "effective_context_seconds": effective, "colour": colour, "gaps": [asdict(r) for r in results]}
 
 
 def evaluation_spec(frame_size: int, num_shapes: int, gaps_seconds: list[float], score_frames: int) -> CurtainSpec:
@@ -350,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     effective = report["effective_context_seconds"]
     print("effective context length: " + (f"{effective:g} s" if effective is not None else
                                           "undefined (the first gap's recall is not above chance)"))
+    if report["colour"]:
+        colour = report["colour"]["effective_context_seconds"]
+        print("the same rule on colour recall (diagnostic, chance = its control): " +
+              (f"{colour:g} s" if colour is not None else "undefined"))
     print(f"wrote {json_path} and {png_path}")
     return 0
 

@@ -12,15 +12,19 @@ machine: teacher 8000 steps 23 min, ODE pairs 42 s, ODE init 92 s, students 300 
 
 Stages, each a run directory under --root, started from the previous one by name (as
 `python -m ctxf.chain` does; complete runs are skipped, interrupted ones resume):
-1. teacher: stage 0 on the built-in curtain world (fixed captions, generated into <root>/data);
-2. ode_pairs + ode_init: the causal student initialised from the teacher's ODE trajectories;
-3. from that same init, with the same data, seed and --student-steps each:
+1. teacher: stage 0 on the built-in curtain world (fixed captions, gaps up to 6 s: TRAIN_WORLD;
+   generated into <root>/data);
+2. ode_pairs + ode_init: the causal student initialised from the teacher's ODE trajectories, each
+   continuing a training clip (make_ode_pairs --context-from builtin);
+3. from that same init, with the same data, seed and --student-steps each, every rollout after a
+   clip prefix of up to 48 frames (STUDENT_PREFIX):
    (a) self_forcing, (b) longlive, (b') longlive_slowfast (LongLive's history-blind teacher with
    the Slow-Fast student of (c)), (c) context_dmd (Context Forcing).
 
-Then `ctxf.eval.curtain` scores six rows on the same held-out clips and gaps, each with the
-swapped-context control: the stage-0 teacher (generating over its training context layout), (a), (a) streamed with
-Infinity-RoPE inference (memory.policy=infinity_rope, no training), (b), (b'), (c). A row whose
+Then `ctxf.eval.curtain` scores seven rows on the same held-out clips and gaps, each with the
+swapped-context control: the stage-0 teacher (generating over its training context layout), the ODE
+init every student starts from, (a), (a) streamed with Infinity-RoPE inference
+(memory.policy=infinity_rope, no training), (b), (b'), (c). A row whose
 <root>/eval/<row>/curtain_eval.json exists for the same settings is not evaluated again.
 
 Writes <root>/experiment.json (every row, its training seconds and the per-clip reports' paths)
@@ -64,7 +68,7 @@ TRAIN_WORLD = ("data.default_max_gap=24",)
 # scene, background PSNR 6.6-7.7 dB), and every DMD rollout takes in up to 48 of a clip's first frames.
 STUDENT_PREFIX = ("distill.prefix_frames=48",)
 TIMINGS = "experiment_timings.json"
-REPORT_FORMAT = 2  # raise when curtain_eval.json gains or changes fields: older reports are then scored again
+REPORT_FORMAT = 3  # raise when curtain_eval.json gains or changes fields: older reports are then scored again
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,7 @@ def row_summary(row: Row, report: dict, timings: dict) -> dict:
     return {"key": row.key, "label": row.label, "run": row.run, "memory_policy": report["memory_policy"],
             "training_seconds": timings.get(row.run),
             "effective_context_seconds": report["effective_context_seconds"], "ceiling": report["ceiling"],
+            "effective_colour_context_seconds": report["colour"]["effective_context_seconds"],
             "chance": report["chance"], "midpoint": report["midpoint"],
             "background_psnr": sum(g["background_psnr"] for g in gaps) / len(gaps),
             "gaps": [{key: g[key] for key in ("gap_seconds", "recall", "control_recall", "background_psnr",
@@ -210,10 +215,16 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def colour_table(rows: list[dict]) -> str:
-    """The lenient diagnostic: colour recall per gap, each with its swapped-context control."""
-    head = ["row", *[f"colour @ {g['gap_seconds']:g} s (control)" for g in rows[0]["gaps"]]]
-    return markdown(head, [[row["label"], *[f"{g['colour_recall']:.2f} ({g['control_colour_recall']:.2f})"
-                                             for g in row["gaps"]]] for row in rows])
+    """The lenient diagnostic: the effective-context rule on colour recall (chance = its control), then
+    colour recall per gap, each with its swapped-context control."""
+    head = ["row", "effective context, colour (s)",
+            *[f"colour @ {g['gap_seconds']:g} s (control)" for g in rows[0]["gaps"]]]
+    body = []
+    for row in rows:
+        effective = row["effective_colour_context_seconds"]
+        body.append([row["label"], "undefined" if effective is None else f"{effective:g}",
+                     *[f"{g['colour_recall']:.2f} ({g['control_colour_recall']:.2f})" for g in row["gaps"]]])
+    return markdown(head, body)
 
 
 def plot_rows(rows: list[dict], path: Path, key: str = "recall") -> None:

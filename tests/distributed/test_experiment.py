@@ -71,9 +71,11 @@ def test_experiment_scores_every_row_and_a_rerun_skips_what_is_complete(tmp_path
     assert "\n|---|---|" in run.stdout  # the markdown separator under the header
     assert [line[0] for line in table[1:]] == [row["label"] for row in result["rows"]]
     # the colour diagnostic: one "recall (control)" cell per gap, as in the JSON
-    assert colours[0] == ["row", "colour @ 0 s (control)", "colour @ 1 s (control)"]
-    first = result["rows"][0]["gaps"][0]
-    assert colours[1][1] == f"{first['colour_recall']:.2f} ({first['control_colour_recall']:.2f})"
+    assert colours[0] == ["row", "effective context, colour (s)", "colour @ 0 s (control)", "colour @ 1 s (control)"]
+    first = result["rows"][0]
+    colour_length = first["effective_colour_context_seconds"]
+    assert colours[1][1] == ("undefined" if colour_length is None else f"{colour_length:g}")
+    assert colours[1][2] == f"{first['gaps'][0]['colour_recall']:.2f} ({first['gaps'][0]['control_colour_recall']:.2f})"
     assert (root / "experiment_colour.png").stat().st_size > 0
 
     reports = {key: Path(row["report"]).stat().st_mtime_ns for key, row in rows.items()}

@@ -106,6 +106,7 @@ def test_true_continuations_score_the_ceiling_at_every_gap():
             assert len(clip["scored_frames"]) == SCORE_FRAMES
     assert report["ceiling"] == 1.0
     assert report["effective_context_seconds"] == max(GAPS)
+    assert report["colour"]["effective_context_seconds"] == max(GAPS) and report["colour"]["chance"] < 1.0
 
 
 def test_swapped_context_control_scores_chance():
@@ -169,6 +170,11 @@ def test_effective_context_is_where_recall_first_drops_below_the_midpoint():
     blind = [GapResult(gap_seconds=s, gap_frames=4 * s, recall=0.0, background_psnr=0.0, control_recall=0.0)
              for s in (0, 1, 2)]
     assert effective_context(blind, chance=0.0)[0] is None, "a model that recalls nothing at G = 0 has no length"
+    # the same rule on colour recall: ceiling 0.8, chance 0.2, midpoint 0.5; 0.5 at 1 s holds, 0.4 at 2 s drops
+    colours = [GapResult(gap_seconds=s, gap_frames=4 * s, recall=0.0, background_psnr=0.0, control_recall=0.0,
+                         colour_recall=c) for s, c in ((0, 0.8), (1, 0.5), (2, 0.4), (4, 0.7))]
+    assert effective_context(colours, chance=0.2, key="colour_recall") == (1, pytest.approx(0.5))
+    assert effective_context(colours, chance=0.2)[0] is None
 
 
 @pytest.mark.parametrize("settings, message", [
