@@ -42,6 +42,7 @@ def test_four_students_share_the_init_the_teacher_data_and_the_budget(tmp_path):
     pairs = steps["ode_pairs"]
     assert pairs[pairs.index("--context-from") + 1] == "builtin"
     assert "distill.prefix_frames" not in " ".join(steps["ode_init"] + steps["teacher"])
+    assert _value(steps["ode_init"], "train.student_lr") == "2e-4"
 
 
 def test_complete_runs_are_left_out_and_a_larger_budget_resumes(tmp_path):
