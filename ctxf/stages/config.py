@@ -84,6 +84,8 @@ def describe_stage(cfg) -> str:
     if stage in ("context_dmd", "longlive"):
         parts.append(f"rollouts up to {dist.rollout_frames_start} -> {dist.rollout_frames_end} latents over "
                      f"{dist.rollout_growth_steps} steps (from {dist.min_rollout_frames})")
+    if stage != "ode_init" and dist.prefix_frames:
+        parts.append(f"rollouts after a clip prefix of up to {dist.prefix_frames} latents")
     if stage != "ode_init":
         context = dist.teacher_context if stage == "context_dmd" else "none"
         parts += [f"teacher context {context}", f"guidance {dist.teacher_guidance:g}",

@@ -60,3 +60,9 @@ def test_stage_presets_plan_on_64_ranks_with_the_papers_numbers(stage, needed, c
     assert "64 ranks (no process started)" in out and "global 64" in out
     for text in needed:
         assert text in out, text
+
+
+def test_the_plan_names_a_rollout_prefix(capsys):
+    assert main(["--validate-only", "--world-size", "64", "--config", "wan1.3b_context_dmd",
+                 "distill.prefix_frames=21"]) == 0
+    assert "rollouts after a clip prefix of up to 21 latents" in capsys.readouterr().out
