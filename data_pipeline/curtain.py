@@ -24,7 +24,7 @@ names colour, shape and background for experiments that want text conditioning.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -76,6 +76,12 @@ class CurtainSpec:
                             f"({self.longest_timeline} = entry + visible + gap maxima + min_after)")
         if problems:
             raise ValueError("curtain world: " + "; ".join(problems))
+
+    @classmethod
+    def fitted(cls, **fields) -> "CurtainSpec":
+        """The world of `fields` (num_frames excepted) with clips exactly as long as its longest timeline."""
+        roomy = cls(**fields, num_frames=1 << 20)
+        return replace(roomy, num_frames=roomy.longest_timeline)
 
     @property
     def longest_timeline(self) -> int:

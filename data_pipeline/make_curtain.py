@@ -85,11 +85,9 @@ def curtain_key(split: str, index: int) -> str:
 
 
 def spec_from_args(args: argparse.Namespace, frame_size: int) -> CurtainSpec:
-    gap_range = (args.min_gap, args.max_gap)
-    defaults = CurtainSpec()
-    longest = defaults.entry_range[1] + defaults.visible_range[1] + args.max_gap + defaults.min_after
-    return CurtainSpec(frame_size=frame_size, num_frames=args.num_frames or longest, num_shapes=args.num_shapes,
-                       gap_range=gap_range, caption_mode=args.caption_mode)
+    fields = dict(frame_size=frame_size, num_shapes=args.num_shapes, gap_range=(args.min_gap, args.max_gap),
+                  caption_mode=args.caption_mode)
+    return CurtainSpec(**fields, num_frames=args.num_frames) if args.num_frames else CurtainSpec.fitted(**fields)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,11 +48,7 @@ def curtain_spec(cfg: Config):
     frame_size = cfg.video.latent_height * cfg.codec.pixel_patch
     if not cfg.data.default_max_gap:
         return CurtainSpec(frame_size=frame_size)
-    defaults = CurtainSpec()
-    gap_range = (1, cfg.data.default_max_gap)
-    return CurtainSpec(frame_size=frame_size, gap_range=gap_range,
-                       num_frames=defaults.entry_range[1] + defaults.visible_range[1] + gap_range[1]
-                       + defaults.min_after)
+    return CurtainSpec.fitted(frame_size=frame_size, gap_range=(1, cfg.data.default_max_gap))
 
 
 def ensure_default_shards(cfg: Config) -> Path:

@@ -234,9 +234,8 @@ def evaluate(model: VideoContinuation, spec: CurtainSpec, seed: int, num_clips: 
 def evaluation_spec(frame_size: int, num_shapes: int, gaps_seconds: list[float], score_frames: int) -> CurtainSpec:
     """The curtain world of the training data (default entry and visible ranges), long enough for every gap."""
     longest = max(1, max(round(s / LATENT_FRAME_SECONDS) for s in gaps_seconds))
-    defaults = CurtainSpec()
-    return CurtainSpec(frame_size=frame_size, num_shapes=num_shapes, gap_range=(1, longest), min_after=score_frames,
-                       num_frames=defaults.entry_range[1] + defaults.visible_range[1] + longest + score_frames)
+    return CurtainSpec.fitted(frame_size=frame_size, num_shapes=num_shapes, gap_range=(1, longest),
+                              min_after=score_frames)
 
 
 def recall_figure(size: tuple[float, float]):

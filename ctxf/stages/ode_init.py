@@ -8,7 +8,7 @@ each a window of `distill.window_frames` frames (`[C, (S + 1) W, h, w]`), the ti
 sample's metadata (`ode_timesteps`). So the loader, its resume and its corrupt-sample handling
 are the same as for video data.
 
-A trajectory may continue a clip (`make_ode_pairs --context`): the teacher denoised the window
+A trajectory may continue a clip (`make_ode_pairs --context-from`): the teacher denoised the window
 given the clip's frames before it as clean context, and the sample's latents start with the whole
 clip, `[clip (L frames) | states]`, the window's first frame in the metadata (`context_frames`).
 
@@ -118,28 +118,29 @@ class ODEInit(TrainingMethod):
                 x0 = predict_x0(noisy, velocity.float(), sigma)
             else:
                 lengths = [meta["context_frames"] for meta in batch.meta]
-                padded = max_over_ranks([-(-n // self.block) for n in lengths])
+                passes = [-(-n // self.block) for n in lengths]  # prefill passes, one per chunk of context
+                most = max_over_ranks(passes)
                 x0 = torch.cat([self._continue(clips[i:i + 1, :, :n], noisy[i:i + 1], timestep[i:i + 1],
-                                               states[i:i + 1, :, -1], text[i:i + 1], padded[i])
+                                               states[i:i + 1, :, -1], text[i:i + 1], most[i] - passes[i])
                                 for i, n in enumerate(lengths)])
             loss = torch.nn.functional.mse_loss(x0, states[:, :, -1].float())
         self.optimize(STUDENT, loss)
         return {"loss/ode": float(loss.detach())}
 
     def _continue(self, context: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, clean: torch.Tensor,
-                  text: torch.Tensor, prefill_forwards: int = 0) -> torch.Tensor:
+                  text: torch.Tensor, idle_passes: int = 0) -> torch.Tensor:
         """x0 `[1, C, W, H, W']` the student predicts for one window after `context` `[1, C, N, H, W']`: the
         context prefilled into its memory, then per chunk a prediction against the memory (with gradient)
         and the trajectory's `clean` chunk written in, as inference writes in the chunk it generated.
 
         ZeRO-3 gathers parameters in every forward, so every rank must run as many: a rank whose context
-        takes fewer than `prefill_forwards` chunk passes (the most any rank needs) runs the rest on
-        zeros, without gradient and without touching the memory."""
+        needs fewer prefill passes than another's runs `idle_passes` more on zeros, without gradient and
+        without touching the memory."""
         dtype = self.runtime.compute_dtype
         self.generator.reset()
         self.generator.prefill(context.to(dtype), text)
         idle = torch.zeros_like(noisy[:, :, :self.block], dtype=dtype)
-        for _ in range(prefill_forwards - -(-context.shape[2] // self.block)):
+        for _ in range(idle_passes):
             with torch.no_grad():
                 self.generator.predict(idle, timestep[:, 0], text)
         predictions = []

@@ -135,3 +135,11 @@ def test_cli_writes_both_splits_with_a_summary(tmp_path, capsys):
     assert (tmp_path / "heldout" / "manifest.json").is_file()
     output = capsys.readouterr().out
     assert "3 clips in 1 shards" in output and "2 clips in 1 shards" in output
+
+
+def test_a_fitted_world_is_exactly_as_long_as_its_longest_timeline():
+    # entry at most 16 + visible at most 16 + gap at most 8 + 5 frames after the reopening
+    spec = CurtainSpec.fitted(gap_range=(1, 8), min_after=5, frame_size=16)
+    assert spec.num_frames == 16 + 16 + 8 + 5 and spec.gap_range == (1, 8) and spec.min_after == 5
+    with pytest.raises(ValueError, match="cannot hold the longest timeline"):
+        CurtainSpec(gap_range=(1, 8), min_after=5, num_frames=44)
