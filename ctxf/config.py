@@ -309,7 +309,7 @@ class Config:
         for name in ("num_sink_frames", "num_slow_frames", "num_recent_frames"):
             if getattr(teacher, name) < 0:
                 raise ConfigError(f"teacher.{name}={getattr(teacher, name)} must be >= 0")
-        for name in ("error_recycling_prob", "noise_error_prob"):
+        for name in ("error_recycling_prob", "noise_error_prob", "caption_dropout"):
             if not 0.0 <= getattr(teacher, name) <= 1.0:
                 raise ConfigError(f"teacher.{name}={getattr(teacher, name)} is a probability: keep it in [0, 1]")
         if train.stage == "teacher":

@@ -34,6 +34,7 @@ from ctxf.models.text_encoder import build_text_encoder
 from ctxf.models.wan import WanDiT
 from ctxf.models.weights import load_model_weights
 from ctxf.stages.base import Runtime, TrainingMethod
+from ctxf.stages.guidance import guided
 from ctxf.stages.losses import critic_flow_loss, dmd_generator_loss
 from ctxf.stages.rollout import draw_exit_steps, roll_out, stream_sample
 from ctxf.stages.teacher_context import ScoredInput, scored_input
@@ -172,11 +173,13 @@ class DistributionMatching(TrainingMethod):
         positions, n = scored.positions.to(x.device), scored.num_context
         with torch.no_grad():
             with self.phase("teacher"):
-                conditional = self.teacher(latents, frame_t, text, frame_positions=positions)[:, :, n:].float()
+                def teacher_velocity(caption: torch.Tensor) -> torch.Tensor:
+                    return self.teacher(latents, frame_t, caption, frame_positions=positions)[:, :, n:].float()
+
                 empty = self.empty_text.to(text).expand(text.shape[0], -1, -1)
-                unconditional = self.teacher(latents, frame_t, empty, frame_positions=positions)[:, :, n:].float()
-            guided = unconditional + self.config.distill.teacher_guidance * (conditional - unconditional)
-            teacher_x0 = predict_x0(noisy, guided, sigma)
+                velocity = guided(teacher_velocity(text), lambda: teacher_velocity(empty),
+                                  self.config.distill.teacher_guidance)
+            teacher_x0 = predict_x0(noisy, velocity, sigma)
             with self.phase("critic"):
                 critic_x0 = predict_x0(noisy, self.engines[CRITIC](latents, frame_t, text,
                                                                    frame_positions=positions)[:, :, n:].float(), sigma)

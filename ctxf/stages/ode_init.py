@@ -32,6 +32,7 @@ from ctxf.models.wan import WanDiT
 from ctxf.models.weights import load_model_weights
 from ctxf.parallel.step_sync import max_over_ranks
 from ctxf.stages.base import Runtime, TrainingMethod
+from ctxf.stages.guidance import guided
 from ctxf.stages.rollout import stream_sample
 
 STUDENT = "student"
@@ -64,9 +65,8 @@ def teacher_trajectory(teacher: WanDiT, noise: torch.Tensor, text: torch.Tensor,
         for k in range(substeps):
             sigma = start + (end - start) * k / substeps
             following = start + (end - start) * (k + 1) / substeps
-            conditional = velocity(x, sigma, text)
-            unconditional = velocity(x, sigma, empty)
-            x = x + (following - sigma) * (unconditional + guidance * (conditional - unconditional)).to(x)
+            direction = guided(velocity(x, sigma, text), lambda: velocity(x, sigma, empty), guidance)
+            x = x + (following - sigma) * direction.to(x)
         states.append(x)
     return torch.stack(states)
 

@@ -5,8 +5,10 @@ One micro-batch:
 1. pick the layout's frames from each clip (one target start per micro-batch);
 2. context latents get recycled prediction errors (error_recycling.py); the target is noised at
    one timestep per sample (shifted uniform), its noise possibly carrying recycled errors too;
-3. the model sees [context at t = 0 | noisy target at t]; the loss is flow matching on the target
-   frames only, weighted by timestep (losses.py);
+3. the model sees [context at t = 0 | noisy target at t] and the caption, or the empty caption with
+   probability `teacher.caption_dropout` (the unconditional branch classifier-free guidance reads
+   when this teacher is distilled); the loss is flow matching on the target frames only, weighted by
+   timestep (losses.py);
 4. the x0 errors of the prediction go back into the error buffers.
 With `parallel.context_parallel_degree > 1` the sequence is sharded over the context-parallel
 group (the engine wraps a ContextParallelModel); with `lora.rank > 0` only adapters train.
@@ -19,6 +21,7 @@ import torch
 from ctxf.data.collate import Batch
 from ctxf.models.flow_matching import add_noise, predict_x0, sample_sigma, shift_sigma, velocity_target
 from ctxf.models.lora import add_lora
+from ctxf.models.text_encoder import build_text_encoder
 from ctxf.models.wan import WanDiT
 from ctxf.models.weights import load_model_weights
 from ctxf.stages.base import Runtime, TrainingMethod
@@ -57,6 +60,9 @@ class ContextTeacher(TrainingMethod):
         self.engines[ROLE] = runtime.build_engine(runtime.sequence_parallel(self.model), ROLE)
         self.errors = ErrorBuffer(cfg.teacher.num_error_bins, cfg.teacher.error_buffer_size,
                                   cfg.diffusion.num_train_timesteps)
+        # the caption dropped out: the embedding the distillation stages give the teacher's unconditional branch
+        self.empty_text = (build_text_encoder(cfg.text, cfg.model.text_dim).encode([""])
+                           if cfg.teacher.caption_dropout > 0 else None)
 
     @property
     def engine(self):
@@ -68,6 +74,14 @@ class ContextTeacher(TrainingMethod):
         device = self.runtime.device
         clean = batch.latents.to(device)[:, :, layout.frames]
         return clean, batch.text.to(device, self.runtime.compute_dtype)
+
+    def _drop_captions(self, text: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """`text` `[B, L, D]` with each sample's caption swapped for the empty one with probability
+        `teacher.caption_dropout` (drawn after the step's other draws, so they stay as without it)."""
+        if self.empty_text is None:
+            return text
+        dropped = (torch.rand(text.shape[0], generator=generator) < self.stage_cfg.caption_dropout).to(text.device)
+        return torch.where(dropped[:, None, None], self.empty_text.to(text), text)
 
     def train_step(self, batch: Batch, step: int, micro: int) -> dict[str, float]:
         cfg, stage = self.config, self.stage_cfg
@@ -83,6 +97,7 @@ class ContextTeacher(TrainingMethod):
             noise = torch.randn(target.shape, generator=generator).to(target)
             noisy = add_noise(target, self.errors.inject_noise(noise, timestep.cpu(), stage.noise_error_prob,
                                                                generator), sigma)
+            text = self._drop_captions(text, generator)
             frame_timesteps = torch.cat([torch.zeros(target.shape[0], num_context, device=target.device),
                                          timestep[:, None].expand(-1, target.shape[2])], dim=1)
             dtype = self.runtime.compute_dtype

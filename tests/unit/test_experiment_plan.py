@@ -37,6 +37,9 @@ def test_four_students_share_the_init_the_teacher_data_and_the_budget(tmp_path):
         assert _value(command, "train.seed") == "0"
         # every student continues clips of up to 48 frames (ctxf.eval.experiment.STUDENT_PREFIX)
         assert _value(command, "distill.prefix_frames") == "48"
+        # the one-caption world: the teacher unguided (ctxf.eval.experiment.GUIDANCE), in the pairs too
+        assert _value(command, "distill.teacher_guidance") == "1"
+    assert _value(steps["ode_pairs"], "distill.teacher_guidance") == "1"
     # one training world for all, its gaps within the teacher's 30-frame context; the pairs continue its clips
     assert {_value(command, "data.default_max_gap") for command in steps.values()} == {"24"}
     pairs = steps["ode_pairs"]

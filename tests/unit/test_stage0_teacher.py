@@ -146,3 +146,34 @@ def test_error_buffer_state_round_trips():
     assert all(torch.equal(a, b) for ra, rb in zip(copy.frames, buffer.frames) for a, b in zip(ra, rb))
     with pytest.raises(ValueError, match="num_error_bins"):
         ErrorBuffer(num_bins=3, capacity=3).load_state_dict(buffer.state_dict())
+
+
+def _caption_dropper(probability: float, empty: torch.Tensor | None):
+    """A ContextTeacher with only what `_drop_captions` reads (no engine: nothing else is called)."""
+    from ctxf.stages.teacher import ContextTeacher
+
+    teacher = ContextTeacher.__new__(ContextTeacher)
+    teacher.stage_cfg, teacher.empty_text = TeacherStageConfig(caption_dropout=probability), empty
+    return teacher
+
+
+def test_caption_dropout_swaps_whole_captions_for_the_empty_one_at_its_rate():
+    from ctxf.models.text_encoder import build_text_encoder
+
+    cfg = load_config("tiny")
+    empty = build_text_encoder(cfg.text, cfg.model.text_dim).encode([""])
+    captions = build_text_encoder(cfg.text, cfg.model.text_dim).encode(["a red square drifts"] * 4000)
+    out = _caption_dropper(0.25, empty)._drop_captions(captions, torch.Generator().manual_seed(0))
+    dropped = (out == empty).flatten(1).all(dim=1)
+    kept = (out == captions).flatten(1).all(dim=1)
+    assert bool((dropped ^ kept).all())  # every caption is whole: its own or the empty one
+    assert abs(float(dropped.float().mean()) - 0.25) < 0.03  # binomial sd 0.007
+    assert bool((_caption_dropper(1.0, empty)._drop_captions(captions[:8], torch.Generator()) == empty).all())
+    assert torch.equal(_caption_dropper(0.0, None)._drop_captions(captions[:8], torch.Generator()), captions[:8])
+
+
+def test_caption_dropout_is_a_probability():
+    from ctxf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher.caption_dropout"):
+        load_config("tiny", ["teacher.caption_dropout=1.5"])
