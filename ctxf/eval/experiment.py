@@ -27,9 +27,11 @@ init every student starts from, (a), (a) streamed with Infinity-RoPE inference
 (memory.policy=infinity_rope, no training), (b), (b'), (c). A row whose
 <root>/eval/<row>/curtain_eval.json exists for the same settings is not evaluated again.
 
-Writes <root>/experiment.json (every row, its training seconds and the per-clip reports' paths)
-and <root>/experiment.png (recall vs gap, every row, controls dashed; experiment_colour.png the same for the
-lenient colour recall), and prints the markdown tables.
+Writes <root>/experiment.json (every row, its training seconds and the per-clip reports' paths, and (c)
+against (b') clip by clip: per gap the mean difference of colour recall and of background PSNR with a 95%
+bootstrap interval over clips, ctxf.eval.paired) and <root>/experiment.png (recall vs gap, every row,
+controls dashed; experiment_colour.png the same for the lenient colour recall), and prints the markdown
+tables.
 `--set key=value` applies to every stage; `--set STAGE:key=value` to one of teacher, ode_pairs,
 ode_init, self_forcing, longlive, longlive_slowfast, context_dmd.
 """
@@ -78,6 +80,10 @@ ODE_INIT = ("train.student_lr=2e-4",)
 # 13.3-13.8 dB background to 9.6-10.5 dB and its colour recall at 1 s from 0.13 to 0.02; unguided, 16-17 dB and
 # 0.15 (300 steps, 16 clips, gaps 0-4 s).
 GUIDANCE = ("distill.teacher_guidance=1",)
+# The central comparison, clip by clip on the same held-out clips: Context Forcing against the same student
+# distilled from a history-blind teacher (ctxf.eval.paired), on the two scores that are not at the floor here.
+PAIRED = (("c", "b_slowfast"),)
+PAIRED_SCORES = {"colour_recall": "colour recall", "background_psnr": "background PSNR (dB)"}
 TIMINGS = "experiment_timings.json"
 REPORT_FORMAT = 3  # raise when curtain_eval.json gains or changes fields: older reports are then scored again
 
@@ -238,6 +244,28 @@ def colour_table(rows: list[dict]) -> str:
     return markdown(head, body)
 
 
+def paired_comparisons(reports: dict[str, dict]) -> list[dict]:
+    """Each PAIRED (first, second) row pair: per gap and score, first minus second over the same clips."""
+    from ctxf.eval.paired import paired_gaps
+
+    labels = {row.key: row.label for row in ROWS}
+    return [{"first": labels[first], "second": labels[second],
+             **{key: paired_gaps(reports[first], reports[second], key) for key in PAIRED_SCORES}}
+            for first, second in PAIRED]
+
+
+def paired_table(comparison: dict) -> str:
+    """One line per gap: each score's mean difference, 95% bootstrap interval, clips higher / lower."""
+    def cell(gap: dict) -> str:
+        return f"{gap['mean']:+.2f} [{gap['low']:+.2f}, {gap['high']:+.2f}], {gap['clips_higher']} / {gap['clips_lower']}"
+
+    scores = list(PAIRED_SCORES)
+    body = [[f"{gaps[0]['gap_seconds']:g} s", *[cell(gap) for gap in gaps]]
+            for gaps in zip(*[comparison[key] for key in scores])]
+    return markdown(["gap", *[f"{PAIRED_SCORES[key]}: difference [95% interval], clips higher / lower"
+                              for key in scores]], body)
+
+
 def plot_rows(rows: list[dict], path: Path, key: str = "recall") -> None:
     """Identity recall (or `key` = colour_recall) vs gap for every row, each with its control dashed."""
     fig, ax = recall_figure((7, 4.5))
@@ -313,15 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     timings = json.loads((root / TIMINGS).read_text()) if (root / TIMINGS).is_file() else {}
-    rows = []
+    rows, reports = [], {}
     for row in ROWS:
         try:
-            report = evaluate_row(args, row)
+            reports[row.key] = evaluate_row(args, row)
         except (ConfigError, ValueError, FileNotFoundError) as err:
             print(f"ctxf.eval.experiment: evaluating {row.label}: {err}", file=sys.stderr)
             return 2
-        rows.append(row_summary(row, report, timings))
-    result = {"settings": vars(args), "training_seconds": timings, "rows": rows}
+        rows.append(row_summary(row, reports[row.key], timings))
+    paired = paired_comparisons(reports)
+    result = {"settings": vars(args), "training_seconds": timings, "rows": rows, "paired": paired}
     (root / "experiment.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_rows(rows, root / "experiment.png")
     plot_rows(rows, root / "experiment_colour.png", key="colour_recall")
@@ -329,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + markdown_table(rows) + "\n")
     print("colour recall, the lenient diagnostic (its swapped-context control in brackets):\n")
     print(colour_table(rows) + "\n")
+    for comparison in paired:
+        print(f"{comparison['first']} minus {comparison['second']}, clip by clip over the same {args.clips} held-out "
+              f"clips:\n\n{paired_table(comparison)}\n")
     print(f"chance: 1/identities {chance['uniform']:.3f}, blind guess knowing the held-out rule "
           f"{chance['heldout_rule']:.3f}; each row's midpoint uses its own control's recall")
     print(f"shared cost: ODE pairs {timings.get('ode_pairs', 0):.0f} s, ODE init {timings.get('ode_init', 0):.0f} s "

@@ -65,8 +65,8 @@ def test_experiment_scores_every_row_and_a_rerun_skips_what_is_complete(tmp_path
         assert f"init_checkpoint: {root / 'ode_init'}" in (root / stage / "config.yaml").read_text()
     assert (root / "experiment.png").stat().st_size > 0
     tables = _tables(run.stdout)
-    assert len(tables) == 2, tables
-    table, colours = tables
+    assert len(tables) == 3, tables
+    table, colours, paired = tables
     assert table[0][:2] == ["row", "effective context (s)"] and len(table) == 1 + len(ROWS)
     assert "\n|---|---|" in run.stdout  # the markdown separator under the header
     assert [line[0] for line in table[1:]] == [row["label"] for row in result["rows"]]
@@ -77,6 +77,16 @@ def test_experiment_scores_every_row_and_a_rerun_skips_what_is_complete(tmp_path
     assert colours[1][1] == ("undefined" if colour_length is None else f"{colour_length:g}")
     assert colours[1][2] == f"{first['gaps'][0]['colour_recall']:.2f} ({first['gaps'][0]['control_colour_recall']:.2f})"
     assert (root / "experiment_colour.png").stat().st_size > 0
+    # (c) against (b') clip by clip: each gap's mean difference of the two reports' per-clip scores
+    per_clip = {key: [[c["colour_recall"] for c in g["clips"]] for g in json.loads(Path(rows[key]["report"])
+                                                                                  .read_text())["gaps"]]
+                for key in ("c", "b_slowfast")}
+    for gap, line in enumerate(paired[1:]):
+        difference = [x - y for x, y in zip(per_clip["c"][gap], per_clip["b_slowfast"][gap])]
+        assert line[0] == f"{gap:g} s"
+        assert line[1].startswith(f"{sum(difference) / len(difference):+.2f} [")
+        assert line[1].endswith(f"{sum(d > 0 for d in difference)} / {sum(d < 0 for d in difference)}")
+    assert result["paired"][0]["first"] == "(c) Context Forcing"
 
     reports = {key: Path(row["report"]).stat().st_mtime_ns for key, row in rows.items()}
     again = _experiment(root)
@@ -84,4 +94,4 @@ def test_experiment_scores_every_row_and_a_rerun_skips_what_is_complete(tmp_path
     assert "to train nothing" in again.stdout and "[1/" not in again.stdout
     assert {key: Path(row["report"]).stat().st_mtime_ns for key, row in rows.items()} == reports
     assert json.loads((root / "experiment.json").read_text())["training_seconds"] == result["training_seconds"]
-    assert _tables(again.stdout) == [table, colours]
+    assert _tables(again.stdout) == [table, colours, paired]
