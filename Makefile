@@ -24,7 +24,7 @@ $(STAMP): setup.py setup.cfg constraints.txt
 run: setup
 	$(PY) -m ctxf.chain --root outputs/train --video-dir outputs/generate
 
-# The memory experiment (about 55 minutes on 2 cores): stage-0 teacher -> ODE init -> Self-Forcing,
+# The memory experiment (about 52 minutes on 2 cores): stage-0 teacher -> ODE init -> Self-Forcing,
 # LongLive, LongLive + Slow-Fast and Context Forcing students on equal budgets, then the curtain
 # test of seven rows; runs in outputs/experiment/, results in outputs/experiment/experiment.{json,png}
 # and experiment_colour.png.

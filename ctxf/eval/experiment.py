@@ -1,4 +1,4 @@
-"""The memory experiment in one command (about 55 minutes on 2 cores at the defaults): does a long-context
+"""The memory experiment in one command (about 52 minutes on 2 cores at the defaults): does a long-context
 teacher give a long-memory student?
 
     python -m ctxf.eval.experiment                       # the full experiment (make experiment)
@@ -7,8 +7,8 @@ teacher give a long-memory student?
 
 Sizing: the tiny presets' world (16 tokens per latent frame, 16x16 frames) with the larger model of
 MODEL below, on 2 CPU ranks. Measured end to end at the defaults from a fresh clone on a 2-core
-machine: teacher 8000 steps 23.5 min, ODE pairs 71 s, ODE init 400 steps 6.7 min, students 300
-steps each 3.5-5 min, seven evaluations about 5 min; 55 min in all, set-up included.
+machine: teacher 8000 steps 23 min, ODE pairs 39 s, ODE init 400 steps 6.6 min, students 300
+steps each 3.5-4.5 min, seven evaluations about 5 min; 52 min in all, set-up included.
 
 Stages, each a run directory under --root, started from the previous one by name (as
 `python -m ctxf.chain` does; complete runs are skipped, interrupted ones resume):
