@@ -103,6 +103,12 @@ class PrecomputedTextEncoder(TextEncoder):
         return [self.rows[i % len(self.rows)] for i in range(len(prompts))]
 
 
+def empty_caption(cfg: TextConfig, text_dim: int) -> torch.Tensor:
+    """The empty prompt's embedding `[1, max_length, text_dim]`: the unconditional branch of classifier-free
+    guidance. The encoder is built for it and dropped (for umT5, loaded once and freed)."""
+    return build_text_encoder(cfg, text_dim).encode([""])
+
+
 def build_text_encoder(cfg: TextConfig, text_dim: int, device: torch.device | str = "cpu") -> TextEncoder:
     if cfg.kind == "hashing":
         encoder: TextEncoder = HashingTextEncoder(text_dim, cfg.max_length, cfg.seed)

@@ -39,9 +39,10 @@ class TeacherStageConfig:
     num_error_bins: int = field(default=10, metadata=_help("timestep bins of the error buffers"))
     error_buffer_size: int = field(default=64, metadata=_help("latent frames of error kept per bin"))
     sample_steps: int = field(default=8, metadata=_help("Euler steps of the logged sample"))
-    caption_dropout: float = field(default=0.1, metadata=_help(
+    caption_dropout: float = field(default=0.0, metadata=_help(
         "probability a sample trains on the empty caption: the unconditional branch that classifier-free "
-        "guidance (distill.teacher_guidance) asks the teacher for (0: the teacher never sees it)"))
+        "guidance (distill.teacher_guidance) asks the teacher for (Wan was trained with 0.1; above 0 the text "
+        "encoder is loaded once per rank for the empty caption's embedding)"))
 
 
 @dataclass

@@ -30,7 +30,7 @@ from ctxf.data.collate import Batch
 from ctxf.inference.generator import StreamingGenerator
 from ctxf.memory.cache import build_memory
 from ctxf.models.flow_matching import add_noise, predict_x0, sample_dmd_timestep
-from ctxf.models.text_encoder import build_text_encoder
+from ctxf.models.text_encoder import empty_caption
 from ctxf.models.wan import WanDiT
 from ctxf.models.weights import load_model_weights
 from ctxf.stages.base import Runtime, TrainingMethod
@@ -86,7 +86,7 @@ class DistributionMatching(TrainingMethod):
         self.latent_shape = (cfg.model.in_channels, cfg.video.latent_height, cfg.video.latent_width)
         self.generator = StreamingGenerator(self.engines[STUDENT], build_memory(cfg), cfg.diffusion, self.block)
         # the unconditional branch of the teacher's guidance: the empty caption's embedding
-        self.empty_text = build_text_encoder(cfg.text, cfg.model.text_dim).encode([""])
+        self.empty_text = empty_caption(cfg.text, cfg.model.text_dim)
         self.context_mode = cfg.distill.teacher_context if self.sees_context else "none"
 
     # ------------------------------------------------------------------ schedule

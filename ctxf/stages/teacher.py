@@ -21,7 +21,7 @@ import torch
 from ctxf.data.collate import Batch
 from ctxf.models.flow_matching import add_noise, predict_x0, sample_sigma, shift_sigma, velocity_target
 from ctxf.models.lora import add_lora
-from ctxf.models.text_encoder import build_text_encoder
+from ctxf.models.text_encoder import empty_caption
 from ctxf.models.wan import WanDiT
 from ctxf.models.weights import load_model_weights
 from ctxf.stages.base import Runtime, TrainingMethod
@@ -60,9 +60,7 @@ class ContextTeacher(TrainingMethod):
         self.engines[ROLE] = runtime.build_engine(runtime.sequence_parallel(self.model), ROLE)
         self.errors = ErrorBuffer(cfg.teacher.num_error_bins, cfg.teacher.error_buffer_size,
                                   cfg.diffusion.num_train_timesteps)
-        # the caption dropped out: the embedding the distillation stages give the teacher's unconditional branch
-        self.empty_text = (build_text_encoder(cfg.text, cfg.model.text_dim).encode([""])
-                           if cfg.teacher.caption_dropout > 0 else None)
+        self.empty_text = self._empty_caption() if cfg.teacher.caption_dropout > 0 else None
 
     @property
     def engine(self):
@@ -74,6 +72,15 @@ class ContextTeacher(TrainingMethod):
         device = self.runtime.device
         clean = batch.latents.to(device)[:, :, layout.frames]
         return clean, batch.text.to(device, self.runtime.compute_dtype)
+
+    def _empty_caption(self) -> torch.Tensor:
+        """The caption dropped out: the embedding the distillation stages give the teacher's unconditional branch."""
+        cfg = self.config
+        try:
+            return empty_caption(cfg.text, cfg.model.text_dim)
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f"teacher.caption_dropout={cfg.teacher.caption_dropout} trains on the empty caption, whose "
+                             f"embedding needs the text encoder: {err}; or set teacher.caption_dropout=0") from err
 
     def _drop_captions(self, text: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """`text` `[B, L, D]` with each sample's caption swapped for the empty one with probability

@@ -177,3 +177,12 @@ def test_caption_dropout_is_a_probability():
 
     with pytest.raises(ConfigError, match="teacher.caption_dropout"):
         load_config("tiny", ["teacher.caption_dropout=1.5"])
+
+
+def test_caption_dropout_without_a_text_encoder_names_both_fixes():
+    from ctxf.stages.teacher import ContextTeacher
+
+    teacher = ContextTeacher.__new__(ContextTeacher)
+    teacher.config = load_config("tiny", ["text.kind=umt5", "teacher.caption_dropout=0.1"])
+    with pytest.raises(ValueError, match="text.encoder_path.*teacher.caption_dropout=0"):
+        teacher._empty_caption()
